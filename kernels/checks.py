@@ -1,0 +1,64 @@
+"""Input validation and backend choice shared by the public ops.
+
+Bad input raises ValueError naming the argument. Checks that read tensor values (target ids in [0, V))
+are skipped while torch.compile traces, since they would force a device sync and a graph break.
+"""
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if tensor.is_cuda else "torch"
+    return backend
+
+
+def check_logits(logits: torch.Tensor, backend: str) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a 2-D [N, V] tensor, got {shape}")
+    if logits.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"logits must be a floating tensor (fp32/bf16/fp16), got {logits.dtype}")
+    if backend == "triton" and logits.dtype == torch.float64:
+        raise ValueError("logits: float64 is not supported by the triton backend; use backend='torch'")
+    if logits.shape[1] == 0:
+        raise ValueError("logits has an empty vocabulary dimension (V = 0)")
+
+
+def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
+    n, vocab = logits.shape
+    if targets.dim() != 1 or targets.shape[0] != n:
+        raise ValueError(f"targets must have shape [{n}] to match logits, got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be an integer tensor, got {targets.dtype}")
+    if targets.device != logits.device:
+        raise ValueError(f"targets is on {targets.device} but logits is on {logits.device}")
+    if n and not torch.compiler.is_compiling():
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise ValueError(f"targets holds the id {bad}, outside the vocabulary [0, {vocab})")
+
+
+def check_vector(name: str, tensor: torch.Tensor | None, logits: torch.Tensor, optional: bool = False) -> None:
+    if tensor is None:
+        if optional:
+            return
+        raise ValueError(f"{name} is required")
+    n = logits.shape[0]
+    if tensor.dim() != 1 or tensor.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}] to match logits, got {tuple(tensor.shape)}")
+    if not tensor.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a floating tensor, got {tensor.dtype}")
+    if tensor.device != logits.device:
+        raise ValueError(f"{name} is on {tensor.device} but logits is on {logits.device}")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
