@@ -45,7 +45,9 @@ def _group_advantages_kernel(
     mean = tl.sum(r, axis=1) / GROUP
     centered = tl.where(mask, r - mean[:, None], 0.0)
     # Exact equality, not a variance threshold: "all rewards equal" is what makes a group gradient-free.
-    zero_variance = tl.max(tl.where(mask, r, float("-inf")), axis=1) == tl.min(tl.where(mask, r, float("inf")), axis=1)
+    zero_variance = tl.max(tl.where(mask, r, float("-inf")), axis=1) == tl.min(
+        tl.where(mask, r, float("inf")), axis=1
+    )
     advantages = centered
     if SCALE_STD:
         var = tl.sum(centered * centered, axis=1) / DOF
@@ -63,10 +65,17 @@ def group_advantages_fwd(rewards: torch.Tensor, group_size: int, scale: str, eps
     block_groups = max(1, min(triton.next_power_of_2(num_groups), 4096 // group_pad))
     if num_groups:
         _group_advantages_kernel[(triton.cdiv(num_groups, block_groups),)](
-            rewards_ptr=rewards, advantages_ptr=advantages, zero_variance_ptr=zero_variance,
-            num_groups=num_groups, eps=eps,
-            GROUP=group_size, DOF=max(group_size - 1, 1), GROUP_PAD=group_pad, BLOCK_GROUPS=block_groups, SCALE_STD=scale == "std",
-        )  # fmt: skip
+            rewards_ptr=rewards,
+            advantages_ptr=advantages,
+            zero_variance_ptr=zero_variance,
+            num_groups=num_groups,
+            eps=eps,
+            GROUP=group_size,
+            DOF=max(group_size - 1, 1),
+            GROUP_PAD=group_pad,
+            BLOCK_GROUPS=block_groups,
+            SCALE_STD=scale == "std",
+        )
     return GroupAdvantages(advantages, zero_variance.view(torch.bool))
 
 

@@ -45,7 +45,9 @@ def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
             raise ValueError(f"targets holds the id {bad}, outside the vocabulary [0, {vocab})")
 
 
-def check_vector(name: str, tensor: torch.Tensor | None, logits: torch.Tensor, optional: bool = False) -> None:
+def check_vector(
+    name: str, tensor: torch.Tensor | None, logits: torch.Tensor, optional: bool = False
+) -> None:
     if tensor is None:
         if optional:
             return

@@ -80,7 +80,9 @@ class _GRPOLoss(torch.autograd.Function):
             logp[i:j] = logp_chunk
             entropy[i:j] = _entropy(logp_all, probs)
             terms = policy_terms(
-                logp[i:j], entropy[i:j], *(_slice(t, i, j) for t in (old_logp, advantages, weights, ref_logp)),
+                logp[i:j],
+                entropy[i:j],
+                *(_slice(t, i, j) for t in (old_logp, advantages, weights, ref_logp)),
                 **_term_options(options),
             )
             dlogp = terms.dlogp.unsqueeze(-1)
@@ -113,6 +115,13 @@ def _term_options(options: dict) -> dict:
 def grpo_loss(logits, targets, old_logprobs, advantages, weights, *, inplace: bool = False, **options):
     """Chunked torch grpo_loss; same arguments and result as `reference.grpo_loss`."""
     loss, *stats = _GRPOLoss.apply(
-        logits, targets.long(), old_logprobs, advantages, weights, options.pop("ref_logprobs"), options, inplace
+        logits,
+        targets.long(),
+        old_logprobs,
+        advantages,
+        weights,
+        options.pop("ref_logprobs"),
+        options,
+        inplace,
     )
     return loss, dict(zip(STAT_NAMES, stats, strict=True))

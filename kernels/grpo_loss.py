@@ -1,6 +1,7 @@
 """grpo_loss: the clipped GRPO policy loss on packed response tokens, gradient computed in the forward.
 
-Per token t, with z = logits / T, logp_t = log softmax(z_t)[target_t], ratio rho = exp(clamp(logp - old, +-20)):
+Per token t, with z = logits / T, logp_t = log softmax(z_t)[target_t] and the ratio
+rho = exp(clamp(logp - old, +-20)):
 
     pg_t    = max(-A_t * rho, -A_t * clip(rho, 1 - clip_low, 1 + clip_high))
               capped at -A_t * dual_clip when A_t < 0 and dual_clip is set
@@ -31,9 +32,15 @@ def grpo_loss_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out,
     terms = policy_terms(logp, entropy, old_logp, advantages, weights, ref_logp, **options)
     with_entropy = options["entropy_coef"] != 0
     softmax_grad(
-        logits, targets, lse, terms.dlogp.contiguous(), temperature, out,
-        entropy=entropy if with_entropy else None, dentropy=terms.dentropy.contiguous() if with_entropy else None,
-    )  # fmt: skip
+        logits,
+        targets,
+        lse,
+        terms.dlogp.contiguous(),
+        temperature,
+        out,
+        entropy=entropy if with_entropy else None,
+        dentropy=terms.dentropy.contiguous() if with_entropy else None,
+    )
     return terms.loss, torch.stack([terms.stats[name] for name in STAT_NAMES])
 
 
@@ -56,11 +63,22 @@ def _grpo_loss_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad = torch.empty_like(logits)
     loss, stats = grpo_loss_fwd(
-        logits, targets, old_logprobs, advantages, weights, ref_logprobs, grad,
-        temperature=temperature, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
-        positive_weight=positive_weight, negative_weight=negative_weight, kl_coef=kl_coef,
+        logits,
+        targets,
+        old_logprobs,
+        advantages,
+        weights,
+        ref_logprobs,
+        grad,
+        temperature=temperature,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        positive_weight=positive_weight,
+        negative_weight=negative_weight,
+        kl_coef=kl_coef,
         entropy_coef=entropy_coef,
-    )  # fmt: skip
+    )
     return loss, stats, grad
 
 
@@ -82,9 +100,13 @@ def _(x, scale):
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[2])
+    ctx.consumed = False
 
 
 def _backward(ctx, grad_loss, _grad_stats, _grad_grad):
+    if ctx.consumed:
+        raise RuntimeError("grpo_loss: backward ran twice; its gradient buffer is scaled in place")
+    ctx.consumed = True
     (grad,) = ctx.saved_tensors
     _scale_op(grad, grad_loss)  # in place: the stored gradient becomes the returned one, no new buffer
     return (grad, *[None] * 13)
@@ -98,7 +120,9 @@ class _GRPOLossInplace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, old_logp, advantages, weights, ref_logp, options):
-        loss, stats = grpo_loss_fwd(logits, targets, old_logp, advantages, weights, ref_logp, logits, **options)
+        loss, stats = grpo_loss_fwd(
+            logits, targets, old_logp, advantages, weights, ref_logp, logits, **options
+        )
         # The kernel's writes bypass autograd; bump the version so that any other user of these logits
         # saved for backward fails loudly instead of reading gradients.
         torch.autograd.graph.increment_version(logits)
@@ -108,7 +132,10 @@ class _GRPOLossInplace(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
-        return scale_(ctx.grad, grad_loss.float()), None, None, None, None, None, None
+        if ctx.grad is None:
+            raise RuntimeError("grpo_loss: backward ran twice; its gradient buffer is scaled in place")
+        grad, ctx.grad = ctx.grad, None
+        return scale_(grad, grad_loss.float()), None, None, None, None, None, None
 
 
 def grpo_loss(
@@ -161,26 +188,42 @@ def grpo_loss(
     if kl_coef and ref_logprobs is None:
         raise ValueError("ref_logprobs is required when kl_coef > 0")
     options = dict(
-        temperature=float(temperature), clip_low=float(clip_low), clip_high=float(clip_high),
-        dual_clip=None if dual_clip is None else float(dual_clip), positive_weight=float(positive_weight),
-        negative_weight=float(negative_weight), kl_coef=float(kl_coef), entropy_coef=float(entropy_coef),
-    )  # fmt: skip
+        temperature=float(temperature),
+        clip_low=float(clip_low),
+        clip_high=float(clip_high),
+        dual_clip=None if dual_clip is None else float(dual_clip),
+        positive_weight=float(positive_weight),
+        negative_weight=float(negative_weight),
+        kl_coef=float(kl_coef),
+        entropy_coef=float(entropy_coef),
+    )
     targets = targets.long()
     if logits.shape[0] == 0:
         zero = logits.float().sum() * 0.0  # keeps the graph so backward gives an empty gradient
         return zero, {name: torch.zeros((), device=logits.device) for name in STAT_NAMES}
     if backend == "torch":
         return chunked.grpo_loss(
-            logits, targets, old_logprobs, advantages, weights, ref_logprobs=ref_logprobs, inplace=inplace, **options
+            logits,
+            targets,
+            old_logprobs,
+            advantages,
+            weights,
+            ref_logprobs=ref_logprobs,
+            inplace=inplace,
+            **options,
         )
     if inplace:
         if not logits.is_contiguous():
             raise ValueError("logits must be contiguous for inplace=True")
-        loss, stats = _GRPOLossInplace.apply(logits, targets, old_logprobs, advantages, weights, ref_logprobs, options)
+        loss, stats = _GRPOLossInplace.apply(
+            logits, targets, old_logprobs, advantages, weights, ref_logprobs, options
+        )
     else:
         if logits.stride(-1) != 1:
             logits = logits.contiguous()
-        loss, stats, _ = _grpo_loss_op(logits, targets, old_logprobs, advantages, weights, ref_logprobs, **options)
+        loss, stats, _ = _grpo_loss_op(
+            logits, targets, old_logprobs, advantages, weights, ref_logprobs, **options
+        )
     return loss, dict(zip(STAT_NAMES, stats.unbind(), strict=True))
 
 

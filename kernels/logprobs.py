@@ -16,9 +16,9 @@ from .softmax_rows import softmax_grad, softmax_stats_fwd
 
 
 @torch.library.custom_op("lrm_fast::token_logprobs_fwd", mutates_args=())
-def _token_logprobs_fwd(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[
-    torch.Tensor, torch.Tensor
-]:
+def _token_logprobs_fwd(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     logp, lse, _ = softmax_stats_fwd(logits, targets, temperature, with_entropy=False)
     return logp, lse
 
@@ -32,7 +32,11 @@ def _(logits, targets, temperature):
 
 @torch.library.custom_op("lrm_fast::token_logprobs_bwd", mutates_args=())
 def _token_logprobs_bwd(
-    logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, grad_logp: torch.Tensor, temperature: float
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    grad_logp: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
     grad_logp = grad_logp.float().contiguous()
     return softmax_grad(logits, targets, lse, grad_logp, temperature, out=torch.empty_like(logits))

@@ -19,7 +19,6 @@ import torch
 
 from .reference import KL_CLAMP, KL_LOG_RATIO_CLAMP, LOG_RATIO_CLAMP
 
-
 STAT_NAMES = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy", "kept_tokens")
 
 

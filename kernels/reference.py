@@ -51,7 +51,7 @@ def group_advantages(
     zero_variance = (r == r[:, :1]).all(dim=1, keepdim=True).expand_as(r)  # [S / G, G]
     centered = r - r.mean(dim=1, keepdim=True)
     if scale == "std":
-        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
+        std = r.std(dim=1, keepdim=True) if group_size > 1 and r.numel() else torch.zeros_like(r[:, :1])
         centered = centered / (std + eps)
     elif scale != "none":
         raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")

@@ -29,6 +29,18 @@ def _block_v(vocab: int) -> int:
 
 
 @triton.jit
+def to_bf16_rtne(x):
+    """fp32 -> bf16 rounding to nearest even in integer arithmetic.
+
+    GPUs round like this natively; the interpreter's plain cast truncates (up to 2x the rounding error),
+    so the launchers ask for this path only under TRITON_INTERPRET. Finite inputs only.
+    """
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
 def row_softmax_stats(row_ptr, V, inv_temperature, WITH_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
     """Online logsumexp of one row of z = logits * inv_temperature; entropy too when asked."""
     m = tl.full((), float("-inf"), tl.float32)  # running max
@@ -97,6 +109,7 @@ def _softmax_grad_kernel(
     inv_temperature,
     # constexprs
     WITH_ENTROPY: tl.constexpr,
+    SOFTWARE_BF16: tl.constexpr,  # round bf16 output in software (interpreter only, see to_bf16_rtne)
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -123,7 +136,11 @@ def _softmax_grad_kernel(
             if WITH_ENTROPY:
                 coef = coef + dentropy * tl.where(p > 0, logp_j + entropy, 0.0)
             dz = tl.where(cols == target, dlogp, 0.0) - p * coef
-        tl.store(grad_row_ptr + cols, (dz * inv_temperature).to(grad_ptr.dtype.element_ty), mask=mask)
+        dx = dz * inv_temperature
+        if SOFTWARE_BF16:
+            tl.store(grad_row_ptr + cols, to_bf16_rtne(dx), mask=mask)
+        else:
+            tl.store(grad_row_ptr + cols, dx.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -144,11 +161,18 @@ def softmax_stats_fwd(logits: torch.Tensor, targets: torch.Tensor, temperature: 
     entropy = torch.empty_like(logp) if with_entropy else None
     if n:
         _softmax_stats_kernel[(n,)](
-            logits_ptr=logits, targets_ptr=targets, logp_ptr=logp, lse_ptr=lse,
+            logits_ptr=logits,
+            targets_ptr=targets,
+            logp_ptr=logp,
+            lse_ptr=lse,
             entropy_ptr=entropy if with_entropy else lse,
-            V=vocab, stride_logits=logits.stride(0), inv_temperature=1.0 / temperature,
-            WITH_ENTROPY=with_entropy, BLOCK_V=_block_v(vocab), num_warps=8,
-        )  # fmt: skip
+            V=vocab,
+            stride_logits=logits.stride(0),
+            inv_temperature=1.0 / temperature,
+            WITH_ENTROPY=with_entropy,
+            BLOCK_V=_block_v(vocab),
+            num_warps=8,
+        )
     return logp, lse, entropy
 
 
@@ -158,12 +182,22 @@ def softmax_grad(logits, targets, lse, dlogp, temperature, out, entropy=None, de
     with_entropy = dentropy is not None
     if n:
         _softmax_grad_kernel[(n,)](
-            logits_ptr=logits, grad_ptr=out, targets_ptr=targets, lse_ptr=lse,
-            entropy_ptr=entropy if with_entropy else lse, dlogp_ptr=dlogp,
+            logits_ptr=logits,
+            grad_ptr=out,
+            targets_ptr=targets,
+            lse_ptr=lse,
+            entropy_ptr=entropy if with_entropy else lse,
+            dlogp_ptr=dlogp,
             dentropy_ptr=dentropy if with_entropy else dlogp,
-            V=vocab, stride_logits=logits.stride(0), stride_grad=out.stride(0),
-            inv_temperature=1.0 / temperature, WITH_ENTROPY=with_entropy, BLOCK_V=_block_v(vocab), num_warps=8,
-        )  # fmt: skip
+            V=vocab,
+            stride_logits=logits.stride(0),
+            stride_grad=out.stride(0),
+            inv_temperature=1.0 / temperature,
+            WITH_ENTROPY=with_entropy,
+            SOFTWARE_BF16=INTERPRET and out.dtype == torch.bfloat16,
+            BLOCK_V=_block_v(vocab),
+            num_warps=8,
+        )
     return out
 
 
@@ -171,5 +205,7 @@ def scale_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x *= scale in place for a contiguous x and a one-element scale tensor; no pass when scale == 1."""
     block = 65536 if INTERPRET else 4096
     if x.numel():
-        _scale_kernel[(triton.cdiv(x.numel(), block),)](x_ptr=x, scale_ptr=scale, numel=x.numel(), BLOCK=block)
+        _scale_kernel[(triton.cdiv(x.numel(), block),)](
+            x_ptr=x, scale_ptr=scale, numel=x.numel(), BLOCK=block
+        )
     return x

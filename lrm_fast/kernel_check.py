@@ -17,13 +17,17 @@ def _loss_inputs(n: int, vocab: int, dtype: torch.dtype, device: str, seed: int)
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(n, vocab, generator=g) * 2).to(dtype=dtype, device=device)
     targets = torch.randint(0, vocab, (n,), generator=g).to(device)
-    old = (reference.token_logprobs(logits.cpu().double(), targets.cpu()) + 0.2 * torch.randn(n, generator=g)).float()
+    old = (
+        reference.token_logprobs(logits.cpu().double(), targets.cpu()) + 0.2 * torch.randn(n, generator=g)
+    ).float()
     advantages = torch.randn(n, generator=g)
     weights = torch.rand(n, generator=g) / n
     return logits, targets, old.to(device), advantages.to(device), weights.to(device)
 
 
-def check(n: int, vocab: int, dtype: torch.dtype, backend: str, device: str, seed: int = 0) -> dict[str, float]:
+def check(
+    n: int, vocab: int, dtype: torch.dtype, backend: str, device: str, seed: int = 0
+) -> dict[str, float]:
     logits, targets, old, advantages, weights = _loss_inputs(n, vocab, dtype, device, seed)
     options = dict(temperature=0.8, dual_clip=3.0, entropy_coef=0.01)
     x = logits.clone().requires_grad_()
