@@ -11,9 +11,9 @@ import torch
 
 from .policy_terms import STAT_NAMES, policy_terms
 
-# Rows per chunk are chosen so that one fp32 chunk holds about this many elements (8 MiB): large enough
+# Rows per chunk are chosen so that one fp32 chunk holds about this many elements (4 MiB): large enough
 # to keep the per-chunk overhead small, small enough that a handful of temporaries stay cheap.
-CHUNK_ELEMENTS = 1 << 21
+CHUNK_ELEMENTS = 1 << 20
 
 
 def _chunks(n: int, vocab: int):
@@ -26,39 +26,42 @@ def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.promote_types(logits.dtype, torch.float32)
 
 
-def _softmax_chunk(logits_chunk: torch.Tensor, targets_chunk: torch.Tensor, temperature: float):
-    """Upcast one chunk and return (log_softmax [n, V], p [n, V], logp of the targets [n])."""
-    z = logits_chunk.to(_compute_dtype(logits_chunk)) / temperature
-    logp_all = z - torch.logsumexp(z, dim=-1, keepdim=True)
-    logp = logp_all.gather(-1, targets_chunk.unsqueeze(-1)).squeeze(-1)
-    return logp_all, logp_all.exp(), logp
+# exp(-inf) = 0, but 0 * -inf = NaN: masked (-inf) logits get this finite log-prob instead, so that
+# p * log p and p * (log p + H) stay exactly 0 there without a masked copy of the chunk.
+_MASKED_LOGP = -1e30
 
 
-def _entropy(logp_all: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    # -inf logits have p = 0 and contribute 0, not 0 * -inf = NaN.
-    return -(probs * torch.where(probs > 0, logp_all, 0.0)).sum(-1)
+def _log_softmax_chunk(logits_chunk: torch.Tensor, temperature: float, lse: torch.Tensor | None = None):
+    """One upcast fp32 (or fp64) chunk of log softmax(logits / T), and its logsumexp [n]."""
+    z = logits_chunk.to(_compute_dtype(logits_chunk), copy=True).mul_(1.0 / temperature)
+    if lse is None:
+        lse = torch.logsumexp(z, dim=-1)
+    return z.sub_(lse.unsqueeze(-1)).clamp_(min=_MASKED_LOGP), lse
 
 
 class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, temperature):
-        logp = torch.empty(logits.shape[0], dtype=_compute_dtype(logits), device=logits.device)
+        n = logits.shape[0]
+        logp = torch.empty(n, dtype=_compute_dtype(logits), device=logits.device)
+        lse = torch.empty_like(logp)
         for i, j in _chunks(*logits.shape):
             z = logits[i:j].to(logp.dtype) / temperature
-            logp[i:j] = z.gather(-1, targets[i:j].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
-        ctx.save_for_backward(logits, targets, logp)
+            lse[i:j] = torch.logsumexp(z, dim=-1)
+            logp[i:j] = z.gather(-1, targets[i:j].unsqueeze(-1)).squeeze(-1) - lse[i:j]
+        ctx.save_for_backward(logits, targets, lse)
         ctx.temperature = temperature
         return logp
 
     @staticmethod
     def backward(ctx, grad_logp):
-        logits, targets, _ = ctx.saved_tensors
+        logits, targets, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
         for i, j in _chunks(*logits.shape):
-            _, probs, _ = _softmax_chunk(logits[i:j], targets[i:j], ctx.temperature)
-            g = grad_logp[i:j].to(probs.dtype).unsqueeze(-1)
-            dz = (-g * probs).scatter_add(-1, targets[i:j].unsqueeze(-1), g)
-            grad[i:j] = dz / ctx.temperature
+            logp_all, _ = _log_softmax_chunk(logits[i:j], ctx.temperature, lse[i:j])
+            g = grad_logp[i:j].to(logp_all.dtype).unsqueeze(-1)
+            dz = logp_all.exp_().mul_(-g).scatter_add_(-1, targets[i:j].unsqueeze(-1), g)
+            torch.mul(dz, 1.0 / ctx.temperature, out=grad[i:j])
         return grad, None, None
 
 
@@ -76,9 +79,12 @@ class _GRPOLoss(torch.autograd.Function):
         entropy = torch.empty(n, dtype=dtype, device=logits.device)
         grad = logits if inplace else torch.empty_like(logits)
         for i, j in _chunks(n, vocab):
-            logp_all, probs, logp_chunk = _softmax_chunk(logits[i:j], targets[i:j], options["temperature"])
-            logp[i:j] = logp_chunk
-            entropy[i:j] = _entropy(logp_all, probs)
+            targets_chunk = targets[i:j].unsqueeze(-1)
+            logp_all, _ = _log_softmax_chunk(logits[i:j], options["temperature"])
+            probs = logp_all.exp()
+            logp[i:j] = logp_all.gather(-1, targets_chunk).squeeze(-1)
+            # mul + sum, not a fused dot: sum's pairwise reduction keeps fp32 entropy within 1e-6.
+            entropy[i:j] = -(probs * logp_all).sum(-1)
             terms = policy_terms(
                 logp[i:j],
                 entropy[i:j],
@@ -86,10 +92,16 @@ class _GRPOLoss(torch.autograd.Function):
                 **_term_options(options),
             )
             dlogp = terms.dlogp.unsqueeze(-1)
-            log_probs_h = torch.where(probs > 0, logp_all + entropy[i:j].unsqueeze(-1), 0.0)
-            dz = -probs * (dlogp + terms.dentropy.unsqueeze(-1) * log_probs_h)
-            dz = dz.scatter_add(-1, targets[i:j].unsqueeze(-1), dlogp)
-            grad[i:j] = dz / options["temperature"]
+            # dz = dlogp * (onehot - p) - dH * p * (log p + H), built in place over the chunk.
+            if options["entropy_coef"]:
+                coef = (
+                    logp_all.add_(entropy[i:j].unsqueeze(-1)).mul_(terms.dentropy.unsqueeze(-1)).add_(dlogp)
+                )
+                dz = probs.mul_(coef).neg_()
+            else:
+                dz = probs.mul_(-dlogp)
+            dz.scatter_add_(-1, targets_chunk, dlogp)
+            torch.mul(dz, 1.0 / options["temperature"], out=grad[i:j])
         terms = policy_terms(logp, entropy, old_logp, advantages, weights, ref_logp, **_term_options(options))
         ctx.grad = grad
         stats = [terms.stats[name] for name in STAT_NAMES]

@@ -1,6 +1,7 @@
 """Random but meaningful inputs for the kernel tests, and the comparison rules they use."""
 
 import torch
+
 from lrm_fast.kernels import reference
 
 BACKENDS = ["torch", "triton"]

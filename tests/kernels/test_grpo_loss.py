@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from kernel_inputs import BACKENDS, assert_close_to_oracle, loss_inputs, rel_err
+
 from lrm_fast.kernels import grpo_loss, reference, softmax_rows
 
 OPTIONS = {

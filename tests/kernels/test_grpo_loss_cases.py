@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from kernel_inputs import BACKENDS
+
 from lrm_fast.kernels import grpo_loss
 
 CASES = [

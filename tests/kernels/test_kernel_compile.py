@@ -4,6 +4,7 @@ Triton path is an opaque custom op (here under the interpreter, on a GPU for rea
 import pytest
 import torch
 from kernel_inputs import BACKENDS, loss_inputs
+
 from lrm_fast.kernels import grpo_loss, token_logprobs
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from kernel_inputs import BACKENDS
+
 from lrm_fast.kernels import group_advantages, grpo_loss, token_logprobs
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from kernel_inputs import BACKENDS, assert_close_to_oracle, rel_err
+
 from lrm_fast.kernels import reference, token_logprobs
 
 SHAPES = {
