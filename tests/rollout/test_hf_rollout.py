@@ -42,14 +42,7 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # At these sizes thread synchronisation costs more than the arithmetic: on 2 shared cores, two
-    # threads made each forward pass about 50x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,239 @@
+"""Typed configuration: one dataclass per concern, registered once in Hydra's ConfigStore.
+
+The YAML files in conf/ only choose between real alternatives and set values; these schemas define every
+key, its type and its default, so an unknown key or a wrong type fails at composition, before any work.
+Defaults are the embedded CPU task's; conf/experiment/ files carry the study's settings (PAPER.md).
+"""
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in tiny Qwen2 model (DESIGN.md calibration: 0.79M parameters)."""
+
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4  # head_dim = hidden_size / num_heads >= 32 (vLLM's CPU attention needs it)
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class ModelConfig:
+    """The policy (and, with a KL term, the frozen reference: a copy of the starting weights)."""
+
+    name: str = "tiny"  # "tiny": built-in model + cached SFT cold start; "pretrained": load `path`
+    path: str | None = None  # local directory or HF cache id (never downloaded) for name=pretrained
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    attn_implementation: str = "sdpa"  # "sdpa" or "flash_attention_2" (GPU, flash-attn installed)
+    activation_checkpointing: bool = False  # recompute block activations in backward (long responses)
+
+
+@dataclass
+class ColdStartConfig:
+    """SFT cold start of the tiny model: the stand-in for the study's R1-distilled starting point."""
+
+    steps: int = 1000  # lands the default task at 25-35% sampled held-out accuracy (500 steps: ~10%)
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    schedule: str = "constant"  # after warmup: "constant" or "cosine"
+    length_group: int = 8  # batches drawn from windows of this many length-sorted batches (less padding)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    num_problems: int = 20_000  # distinct training problems the SFT batches come from
+    seed: int = 0
+    cache_dir: str = "${oc.env:LRM_FAST_CACHE,'~/.cache/lrm_fast'}/cold_start"  # reused when settings match
+
+
+@dataclass
+class DifficultyConfig:
+    """Built-in arithmetic task: operands per problem and digits per operand."""
+
+    min_operands: int = 2
+    max_operands: int = 4
+    min_digits: int = 1
+    max_digits: int = 2
+    operators: str = "+-*"
+    parentheses_prob: float = 0.0
+    held_out_fraction: float = 0.1  # share of all problem texts (by hash) in the held-out split
+
+
+@dataclass
+class DataConfig:
+    """Prompts: the built-in task (name=arithmetic) or local files (name=file)."""
+
+    name: str = "arithmetic"
+    seed: int = 0  # generator seed of the built-in task (splits are disjoint by construction)
+    train_problems: int = 20_000  # size of the built-in task's GRPO prompt pool
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    train_path: str | None = None  # jsonl or parquet with `problem_key` and `answer_key` columns
+    heldout_path: str | None = None
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    # The study's (DeepScaleR's) instruction, appended to every problem of a real dataset.
+    prompt_suffix: str = " Let's think step by step and output the final answer within \\boxed{}."
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling of G responses per prompt."""
+
+    backend: str = "hf"  # transformers generate (CPU default)
+    group_size: int = 8  # G
+    temperature: float = 1.0  # study: 0.6 for R1-distilled models
+    top_p: float = 1.0
+    max_new_tokens: int = 64  # study: 8k / 16k / 24k; the tiny task's reference answers take <= 57
+    generation_batch_size: int = 256  # sequences per generate() call
+
+
+@dataclass
+class LossConfig:
+    """The clipped GRPO loss (lrm_fast.kernels.grpo_loss) and how token losses are aggregated."""
+
+    # token_mean (DAPO), seq_mean_token_mean (original GRPO) or seq_mean_token_sum_norm (Dr. GRPO).
+    # Every normaliser is global: computed over the whole batch before the micro-batch loop.
+    aggregation: str = "token_mean"
+    sum_norm_length: int | None = None  # Dr. GRPO's constant; None: rollout.max_new_tokens
+    advantage_scale: str = "std"  # "std" (GRPO) or "none" (Dr. GRPO)
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    kl_coef: float = 0.0  # study: 0.001 (k3 estimator); > 0 keeps a frozen reference model
+    entropy_coef: float = 0.0  # study's scripts: 0.001
+    backend: str = "auto"  # "auto" (triton on CUDA, torch otherwise), "triton" or "torch"
+    micro_batch_tokens: int = 8192  # token budget (prompt + response) of one forward/backward
+
+
+@dataclass
+class RegimeConfig:
+    """Which responses enter the update (PAPER.md §2). Only `full` until the study's levers land."""
+
+    name: str = "full"
+    drop_zero_variance: bool = True  # zero-variance groups have A = 0: skip their forward pass
+
+
+@dataclass
+class RewardConfig:
+    """Reward of a response: 1 if its last \\boxed{} answer is equivalent to the ground truth, else 0."""
+
+    name: str = "binary"
+
+
+@dataclass
+class InjectionConfig:
+    """Offline sample injection into too-hard groups (PAPER.md §5); `none` until the levers land."""
+
+    name: str = "none"
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation before training, every `every` steps and at the end."""
+
+    problems: int = 1000  # DESIGN.md: 500 problems give about +/-3 points
+    samples_per_problem: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    every: int = 0  # steps between evaluations (0: only before and after training)
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation, checkpoints and logging."""
+
+    steps: int = 400
+    prompts_per_step: int = 32  # B; B * G responses per step
+    lr: float = 3e-4  # study: 1e-6 (1.5B model); the tiny model needs far more
+    lr_schedule: str = "constant"  # "constant" or "cosine", after linear warmup
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # a step whose gradient norm is not finite is skipped
+    checkpoint_every: int = 50  # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 2
+    resume: str | None = None  # run directory of a killed run to continue
+    mixed_precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"
+    num_threads: int = 0  # torch intra-op threads on CPU (0: torch's default; the tiny model runs best on 1)
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything `lrm-fast-train` needs; composed from conf/config.yaml and the command line."""
+
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas; conf/config.yaml starts its defaults list with `base_config`."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=TrainConfig)
+
+
+def _choice(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks beyond types, run before any work: choices, ranges, files that must exist."""
+    from pathlib import Path
+
+    _choice("model.name", cfg.model.name, ("tiny", "pretrained"))
+    _choice("data.name", cfg.data.name, ("arithmetic", "file"))
+    if cfg.data.name == "file":
+        if not cfg.data.train_path:
+            raise ValueError("data.train_path is required with data=file")
+        for key in ("train_path", "heldout_path"):
+            path = getattr(cfg.data, key)
+            if path and not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"data.{key}: no such file: {path}")
+    _choice("rollout.backend", cfg.rollout.backend, ("hf",))
+    _choice(
+        "loss.aggregation",
+        cfg.loss.aggregation,
+        ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
+    )
+    _choice("loss.advantage_scale", cfg.loss.advantage_scale, ("std", "none"))
+    _choice("loss.backend", cfg.loss.backend, ("auto", "triton", "torch"))
+    _choice("regime.name", cfg.regime.name, ("full",))
+    _choice("reward.name", cfg.reward.name, ("binary",))
+    _choice("injection.name", cfg.injection.name, ("none",))
+    _choice("trainer.lr_schedule", cfg.trainer.lr_schedule, ("constant", "cosine"))
+    _choice("trainer.mixed_precision", cfg.trainer.mixed_precision, ("auto", "bf16", "fp32"))
+    for name, value in [
+        ("rollout.group_size", cfg.rollout.group_size),
+        ("rollout.temperature", cfg.rollout.temperature),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
+        ("loss.micro_batch_tokens", cfg.loss.micro_batch_tokens),
+        ("trainer.steps", cfg.trainer.steps),
+        ("trainer.prompts_per_step", cfg.trainer.prompts_per_step),
+        ("trainer.lr", cfg.trainer.lr),
+        ("trainer.checkpoint_every", cfg.trainer.checkpoint_every),
+        ("eval.samples_per_problem", cfg.eval.samples_per_problem),
+    ]:
+        _positive(name, value)
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.trainer.resume and not Path(cfg.trainer.resume).expanduser().is_dir():
+        raise FileNotFoundError(f"trainer.resume: no such run directory: {cfg.trainer.resume}")

@@ -1,0 +1,1 @@
+"""Built-in tasks: seeded generators of verifiable problems with reference solutions."""

@@ -1,0 +1,242 @@
+"""The GRPO training loop: rollout, reward, advantages, update; evaluation and checkpoints around it.
+
+One step (DESIGN.md "Data flow"): B prompts are drawn (each rank takes B / world of them), G responses
+sampled per prompt, graded 1/0 against the answer, turned into group-relative advantages, packed into
+micro-batches under a token budget and used for one clipped-policy-gradient optimizer step.
+
+Simplifications: one optimizer step per rollout batch (on-policy, as in the study); responses of
+zero-variance groups are not forwarded when `regime.drop_zero_variance` (they have A = 0; only their KL
+and entropy terms are lost, and their tokens still count in the normalisers).
+"""
+
+import json
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+
+from lrm_fast import batch as B
+from lrm_fast.build import build_examples, build_optimizer, build_policy, encode
+from lrm_fast.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from lrm_fast.config import TrainConfig
+from lrm_fast.data import PromptSampler
+from lrm_fast.distributed import DistInfo, all_reduce, apply_fsdp, gathered_for_generation
+from lrm_fast.evaluate import heldout_accuracy
+from lrm_fast.grader import grade_batch
+from lrm_fast.metrics import MetricsLogger
+from lrm_fast.rollout import SamplingParams
+from lrm_fast.rollout.hf import HFRolloutBackend
+from lrm_fast.update import policy_update
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo):
+        self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
+        torch.manual_seed(cfg.seed + dist.rank)  # ranks sample different responses
+        self.model, self.tokenizer = build_policy(cfg, dist.device)
+        self.ref_model = deepcopy(self.model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
+        self.bf16 = _use_bf16(cfg.trainer.mixed_precision, dist.device)
+        if dist.world_size > 1:
+            self.model = apply_fsdp(self.model, bf16=self.bf16)
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.trainer)
+        self.train_examples, self.heldout_examples = build_examples(cfg.data, cfg.eval.problems)
+        self.heldout_prompts = encode(self.heldout_examples, self.tokenizer, cfg.data)
+        self.sampler = PromptSampler(self.train_examples, cfg.trainer.prompts_per_step, seed=cfg.seed)
+        self.backend = HFRolloutBackend(
+            self.model, self.tokenizer, max_batch_size=cfg.rollout.generation_batch_size
+        )
+        self.step_count, self.state = 0, {"elapsed_s": 0.0}
+        self._resume()
+        self.logger = MetricsLogger(
+            self.run_dir, cfg.trainer.steps, self.step_count, dist.is_main, cfg.trainer.progress_bar
+        )
+
+    # ------------------------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        start = time.perf_counter() - self.state["elapsed_s"]
+        if "cold_start_heldout_accuracy" not in self.state:
+            self.state["cold_start_heldout_accuracy"] = self.evaluate("cold start")
+        while self.step_count < self.cfg.trainer.steps:
+            self.step_count += 1
+            self.logger.log(self.step_count, self.step())
+            every = self.cfg.eval.every
+            if every and self.step_count % every == 0 and self.step_count < self.cfg.trainer.steps:
+                self.logger.log(self.step_count, {"eval/accuracy": self.evaluate(f"step {self.step_count}")})
+            if (
+                self.step_count % self.cfg.trainer.checkpoint_every == 0
+                or self.step_count == self.cfg.trainer.steps
+            ):
+                self.state["elapsed_s"] = time.perf_counter() - start
+                self._checkpoint()
+        final = self.evaluate("final")
+        summary = {
+            "cold_start_heldout_accuracy": self.state["cold_start_heldout_accuracy"],
+            "final_heldout_accuracy": final,
+            "improvement_points": 100 * (final - self.state["cold_start_heldout_accuracy"]),
+            "steps": self.step_count,
+            "heldout_problems": len(self.heldout_examples),
+            "wall_time_s": time.perf_counter() - start,
+        }
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.logger.close()
+        return summary
+
+    def evaluate(self, label: str) -> float:
+        if not self.heldout_prompts:
+            return float("nan")
+        with gathered_for_generation(self.model):
+            result = heldout_accuracy(
+                self.backend,
+                self.tokenizer,
+                self.heldout_prompts,
+                self.heldout_examples,
+                self.cfg.eval,
+                seed=self.cfg.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            )
+        self.logger.write(
+            f"[eval] {label}: held-out accuracy {100 * result.accuracy:.1f}% "
+            f"({result.num_problems} problems x {result.samples_per_problem} samples)"
+        )
+        return result.accuracy
+
+    # ------------------------------------------------------------------------------------ step
+    def step(self) -> dict[str, float]:
+        cfg, timings = self.cfg, {}
+        tick = time.perf_counter()
+        examples = self.sampler.next_batch()[self.dist.rank :: self.dist.world_size]
+        prompts = encode(examples, self.tokenizer, cfg.data)
+        params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
+        with gathered_for_generation(self.model):
+            rollouts = self.backend.generate(prompts, group_size=cfg.rollout.group_size, params=params)
+        timings["time/rollout_s"], tick = time.perf_counter() - tick, time.perf_counter()
+
+        texts = self.tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=False)
+        answers = [e.answer for e in examples for _ in range(cfg.rollout.group_size)]
+        rewards = grade_batch(texts, answers)
+        samples = [
+            B.Sample(r.prompt_ids, r.response_ids, reward, correct=reward > 0)
+            for r, reward in zip(rollouts, rewards, strict=True)
+        ]
+        B.assign_advantages(samples, cfg.rollout.group_size, cfg.loss.advantage_scale)
+        timings["time/reward_s"], tick = time.perf_counter() - tick, time.perf_counter()
+
+        for s in samples:
+            s.forward = not (cfg.regime.drop_zero_variance and s.zero_variance)
+        normalisers = B.local_normalisers(samples).all_reduce()
+        sum_norm = cfg.loss.sum_norm_length or cfg.rollout.max_new_tokens
+        B.assign_weights(samples, cfg.loss.aggregation, normalisers, sum_norm)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batches = [B.collate(mb, pad_id) for mb in B.micro_batches(samples, cfg.loss.micro_batch_tokens)]
+        with self._autocast():
+            update = policy_update(
+                self.model,
+                self.ref_model,
+                self.optimizer,
+                batches,
+                cfg.loss,
+                cfg.rollout.temperature,
+                cfg.trainer.grad_clip,
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        timings["time/update_s"] = time.perf_counter() - tick
+        return {
+            **self._sample_metrics(samples),
+            **_update_metrics(update, lr),
+            **timings,
+            "perf/tokens_per_s": normalisers.num_response_tokens / max(sum(timings.values()), 1e-9),
+        }
+
+    def _sample_metrics(self, samples: list[B.Sample]) -> dict[str, float]:
+        """Reward, accuracy, zero-advantage shares and lengths, summed over ranks."""
+        G = self.cfg.rollout.group_size
+        groups = [samples[i : i + G] for i in range(0, len(samples), G)]
+        correct_lengths = [len(s.response_ids) for s in samples if s.correct]
+        wrong_lengths = [len(s.response_ids) for s in samples if not s.correct]
+        sums = torch.tensor(
+            [
+                len(samples),
+                sum(s.reward for s in samples),
+                sum(s.correct for s in samples),
+                len(groups),
+                sum(all(s.correct for s in g) for g in groups),
+                sum(not any(s.correct for s in g) for g in groups),
+                sum(g[0].zero_variance for g in groups),
+                len(correct_lengths),
+                sum(correct_lengths),
+                len(wrong_lengths),
+                sum(wrong_lengths),
+                sum(s.forward for s in samples),
+            ],
+            dtype=torch.float64,
+        )
+        (n, reward, correct, n_groups, all_correct, all_wrong, zero_var, n_c, len_c, n_w, len_w, fwd) = (
+            all_reduce(sums).tolist()
+        )
+        return {
+            "reward/mean": reward / n,
+            "reward/accuracy": correct / n,
+            "zero_adv/ratio": zero_var / n_groups,
+            "zero_adv/all_correct": all_correct / n_groups,
+            "zero_adv/all_wrong": all_wrong / n_groups,
+            "length/response_mean": (len_c + len_w) / n,
+            "length/correct_mean": len_c / max(n_c, 1),
+            "length/incorrect_mean": len_w / max(n_w, 1),
+            "batch/forwarded_responses": fwd,
+        }
+
+    def _autocast(self):
+        # FSDP2 applies bf16 through its mixed-precision policy; a single GPU process uses autocast.
+        enabled = self.bf16 and self.dist.world_size == 1 and self.dist.device.type == "cuda"
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def _checkpoint(self) -> None:
+        trainer_state = {
+            "sampler": self.sampler.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            **self.state,
+        }
+        save_checkpoint(
+            self.run_dir,
+            self.step_count,
+            self.model,
+            self.optimizer,
+            trainer_state,
+            keep=self.cfg.trainer.keep_checkpoints,
+        )
+
+    def _resume(self) -> None:
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            return
+        state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
+        self.sampler.load_state_dict(state.pop("sampler"))
+        self.scheduler.load_state_dict(state.pop("scheduler"))
+        self.step_count = state.pop("step")
+        self.state = state
+
+
+def _update_metrics(update, lr: float) -> dict[str, float]:
+    return {
+        "loss/policy": update.loss,
+        "loss/clip_fraction": update.stats["clip_fraction"],
+        "loss/dual_clip_fraction": update.stats["dual_clip_fraction"],
+        "loss/approx_kl": update.stats["approx_kl"],
+        "loss/ref_kl": update.stats["ref_kl"],
+        "loss/entropy": update.stats["entropy"],
+        "loss/kept_tokens": update.stats["kept_tokens"],
+        "optim/grad_norm": update.grad_norm,
+        "optim/skipped": float(update.skipped),
+        "optim/lr": lr,
+    }
+
+
+def _use_bf16(mixed_precision: str, device: torch.device) -> bool:
+    if mixed_precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"trainer.mixed_precision must be auto, bf16 or fp32, got {mixed_precision!r}")
+    return mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")

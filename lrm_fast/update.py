@@ -1,0 +1,113 @@
+"""One policy update: forward/backward over the micro-batches, then a clipped optimizer step.
+
+Simplifications, as in the study's runs: one optimizer step per rollout batch, so the update is exactly
+on-policy and the ratio's denominator is the current log-prob itself (old_logprobs=None: ratio 1,
+gradient -A); the sampler's own log-probs are not needed for the loss.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lrm_fast.batch import MicroBatch
+from lrm_fast.config import LossConfig
+from lrm_fast.distributed import all_reduce, gradient_scale
+from lrm_fast.kernels import grpo_loss, token_logprobs
+
+SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy")
+
+
+@dataclass
+class UpdateResult:
+    loss: float
+    grad_norm: float
+    skipped: bool
+    stats: dict[str, float]
+
+
+def response_logits(model, batch: MicroBatch) -> torch.Tensor:
+    """[N, V] logits of the positions that predict the response tokens (the kernels' packed layout)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    return logits[batch.row, batch.position]
+
+
+def micro_batch_loss(model, ref_model, batch: MicroBatch, loss_cfg: LossConfig, temperature: float):
+    """Loss of one micro-batch (already globally normalised through batch.weights) and its stats."""
+    ref_logprobs = None
+    if ref_model is not None:
+        with torch.no_grad():
+            ref_logits = response_logits(ref_model, batch)
+            ref_logprobs = token_logprobs(
+                ref_logits, batch.targets, temperature=temperature, backend=loss_cfg.backend
+            )
+    logits = response_logits(model, batch)
+    return grpo_loss(
+        logits,
+        batch.targets,
+        None,
+        batch.advantages,
+        batch.weights,
+        temperature=temperature,
+        clip_low=loss_cfg.clip_low,
+        clip_high=loss_cfg.clip_high,
+        dual_clip=loss_cfg.dual_clip,
+        ref_logprobs=ref_logprobs,
+        kl_coef=loss_cfg.kl_coef,
+        entropy_coef=loss_cfg.entropy_coef,
+        backend=loss_cfg.backend,
+    )
+
+
+def policy_update(
+    model, ref_model, optimizer, batches, loss_cfg: LossConfig, temperature: float, grad_clip: float
+):
+    """Accumulate gradients over `batches` and take one optimizer step (skipped if not finite).
+
+    Returns the summed loss and token-weighted stats over every micro-batch of every rank.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    device = _device_of(model)
+    totals = torch.zeros(len(SUMMED_STATS) + 2, dtype=torch.float64)  # stats * kept, kept, loss
+    for i in range(_agreed_count(len(batches))):
+        if i >= len(batches):
+            _zero_loss_pass(model, device)
+            continue
+        batch = _to_device(batches[i], device)
+        loss, stats = micro_batch_loss(model, ref_model, batch, loss_cfg, temperature)
+        (loss * gradient_scale()).backward()
+        kept = stats["kept_tokens"].item()
+        totals += torch.tensor([stats[k].item() * kept for k in SUMMED_STATS] + [kept, loss.item()])
+    all_reduce(totals)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    skipped = not math.isfinite(grad_norm)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    kept = max(totals[-2].item(), 1.0)
+    stats = {k: totals[i].item() / kept for i, k in enumerate(SUMMED_STATS)}
+    stats["kept_tokens"] = totals[-2].item()
+    return UpdateResult(totals[-1].item(), grad_norm, skipped, stats)
+
+
+def _agreed_count(count: int) -> int:
+    # FSDP ranks must run the same collectives: every rank runs as many forward/backward passes as the
+    # rank with the most micro-batches, padding with zero-loss passes.
+    return int(all_reduce(torch.tensor([count]), op=torch.distributed.ReduceOp.MAX).item())
+
+
+def _zero_loss_pass(model, device) -> None:
+    dummy = torch.zeros((1, 1), dtype=torch.long, device=device)
+    (model(input_ids=dummy, use_cache=False).logits.sum() * 0.0).backward()
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _to_device(batch: MicroBatch, device: torch.device) -> MicroBatch:
+    if device.type == "cpu":
+        return batch
+    return MicroBatch(*(t.to(device, non_blocking=True) for t in vars(batch).values()))
