@@ -1,20 +1,18 @@
-"""Rollout backend on transformers ``generate``: the CPU default, and a fallback anywhere.
+"""Rollout backend on a transformers causal LM: the CPU default, and a fallback anywhere.
 
-Each prompt is repeated G times (consecutively), left-padded into one batch, and sampled with the KV
-cache; generation stops as soon as every row has produced an EOS token, or at max_new_tokens.
+Each prompt is repeated G times (consecutively), left-padded into one batch and sampled token by
+token with the model's KV cache. The decode loop is ours rather than ``generate``'s, for two reasons:
 
-Log-probs of the sampled tokens come from the scores generate actually samples from (the logits
-after temperature and top-p), as ``output_scores`` would give them. ``output_scores`` keeps a
-[rows, V] tensor per step (gigabytes at V = 152k and a few thousand steps), so a logits processor
-placed last in the chain records instead only the sampled token's log-prob, one step late: at step
-t the token drawn at step t-1 is the last column of ``input_ids``. Memory is one [rows] vector per
-step. For that processor to be last, temperature and top-p are applied by processors we pass, and
-generate's own copies are switched off.
+- Rows that have produced an EOS leave the batch (their KV-cache rows are dropped), so a step costs
+  what the unfinished rows cost. Response lengths vary a lot (a few correct answers are short, a few
+  wrong ones run to the limit); ``generate`` keeps every row to the end, which made sampling the tiny
+  model about 2x slower.
+- The sampled token's log-prob is read off the very distribution it was drawn from,
+  ``log softmax(top_p(logits / T))``, with no logits-processor bookkeeping, and nothing the
+  checkpoint's ``generation_config`` sets (top_k, repetition penalty, ...) leaks in.
 
-Simplifications: the model's ``generation_config`` sampling defaults (top_k, repetition penalty,
-temperature, ...) are overridden, so that the sampling distribution is exactly
-softmax(top_p(logits / T)); rows are not sorted by length before batching; a different model object
-passed to ``sync_weights`` is copied with ``load_state_dict`` (no sharded or cross-device transfer).
+Simplifications: rows are not sorted by length before batching; a different model object passed to
+``sync_weights`` is copied with ``load_state_dict`` (no sharded or cross-device transfer).
 """
 
 from __future__ import annotations
@@ -23,37 +21,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache
 
 from lrm_fast.rollout import Rollout, SamplingParams
-
-
-class SampledLogprobs(LogitsProcessor):
-    """Records log pi(token) of each sampled token; must be the last logits processor."""
-
-    def __init__(self, prompt_length: int):
-        self.prompt_length = prompt_length
-        self.steps: list[torch.Tensor] = []  # [rows] per generated token
-        self._scores: torch.Tensor | None = None  # [rows, V] of the last step
-        self._log_normalizer: torch.Tensor | None = None  # [rows]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] > self.prompt_length:
-            self._record(input_ids[:, -1])  # the token drawn from the previous step's scores
-        self._scores, self._log_normalizer = scores, torch.logsumexp(scores, dim=-1)
-        return scores
-
-    def _record(self, tokens: torch.Tensor) -> None:
-        sampled_scores = self._scores.gather(1, tokens[:, None]).squeeze(1)
-        self.steps.append(sampled_scores - self._log_normalizer)
-
-    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
-        """Log-probs [rows, new tokens] of the tokens generate returned."""
-        num_new = sequences.shape[1] - self.prompt_length
-        if len(self.steps) < num_new:
-            self._record(sequences[:, -1])  # the last token's step never came
-        return torch.stack(self.steps[:num_new], dim=1)
 
 
 class HFRolloutBackend:
@@ -69,7 +39,7 @@ class HFRolloutBackend:
     ):
         """``eos_token_ids`` defaults to the tokenizer's EOS plus those of the model's generation
         config (chat models often end a turn with a token other than the tokenizer's EOS).
-        ``max_batch_size`` bounds the rows (prompts x G) of one generate call; None: all at once."""
+        ``max_batch_size`` bounds the rows (prompts x G) sampled together; None: all at once."""
         self.model = model
         self.tokenizer = tokenizer
         self.eos_token_ids = sorted(set(eos_token_ids or _default_eos_ids(model, tokenizer)))
@@ -86,7 +56,7 @@ class HFRolloutBackend:
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is self.model:
-            return  # generate reads the trainer's parameters directly
+            return  # the sampler reads the trainer's parameters directly
         self.model.load_state_dict(model.state_dict())
 
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams) -> list[Rollout]:
@@ -109,43 +79,72 @@ class HFRolloutBackend:
             self.model.train(was_training)
 
     def _sample(self, rows: list[list[int]], params: SamplingParams, device: torch.device) -> list[Rollout]:
-        """One generate call over ``rows`` prompts (already repeated per group)."""
+        """Sample responses to ``rows`` (prompts already repeated per group) until EOS or the limit."""
         input_ids, attention_mask = _left_pad(rows, self.pad_token_id, device)
-        recorder = SampledLogprobs(prompt_length=input_ids.shape[1])
-        sequences = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=self._generation_config(params),
-            logits_processor=_sampling_processors(params, recorder),
-        )
-        logprobs = recorder.finish(sequences)  # [rows, T]
-        responses = sequences[:, input_ids.shape[1] :]  # [rows, T]
-        lengths, finished = _response_lengths(responses, self.eos_token_ids)
+        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding shifts positions
+        eos = torch.tensor(self.eos_token_ids, device=device)
+        tokens = torch.full((len(rows), params.max_new_tokens), self.pad_token_id, device=device)
+        logprobs = torch.zeros((len(rows), params.max_new_tokens), device=device)
+        lengths = torch.full((len(rows),), params.max_new_tokens, device=device)
+        active = torch.arange(len(rows), device=device)  # original row of each batch row
+        cache = DynamicCache()
+        logits = self._forward(input_ids, attention_mask, positions, cache)
+        next_position = positions[:, -1:] + 1
+        for t in range(params.max_new_tokens):
+            token, logprob = _draw(logits, params.temperature, params.top_p)
+            tokens[active, t], logprobs[active, t] = token, logprob
+            ended = torch.isin(token, eos)
+            if ended.any():
+                lengths[active[ended]] = t + 1
+                keep = (~ended).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)  # finished rows leave the batch
+                active, token = active[keep], token[keep]
+                attention_mask, next_position = attention_mask[keep], next_position[keep]
+            if t + 1 == params.max_new_tokens:
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
+            logits = self._forward(token[:, None], attention_mask, next_position, cache)
+            next_position = next_position + 1
+        finished = torch.isin(tokens, eos).any(dim=1)
         return [
             Rollout(prompt_ids=prompt, response_ids=ids[:length], logprobs=lps[:length], finished=done)
             for prompt, ids, lps, length, done in zip(
-                rows, responses.tolist(), logprobs.tolist(), lengths.tolist(), finished.tolist(), strict=True
+                rows, tokens.tolist(), logprobs.tolist(), lengths.tolist(), finished.tolist(), strict=True
             )
         ]
 
-    def _generation_config(self, params: SamplingParams) -> GenerationConfig:
-        # Neutral values for everything checkpoints commonly set: a value left None would be filled in
-        # from the checkpoint's generation_config (Qwen2.5 ships top_k=20, repetition_penalty=1.05).
-        return GenerationConfig(
-            do_sample=True,
-            max_new_tokens=params.max_new_tokens,
-            temperature=1.0,  # applied by our processors, before the recorder
-            top_p=1.0,
-            top_k=0,
-            typical_p=1.0,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            min_new_tokens=0,
-            renormalize_logits=False,
-            eos_token_id=self.eos_token_ids,
-            pad_token_id=self.pad_token_id,
+    def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        """Logits [rows, V] of the last position, in float32."""
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,
         )
+        return output.logits[:, -1].float()
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(top_p(logits / T)), and its log-prob under that distribution."""
+    scores = logits / temperature
+    if top_p < 1.0:
+        scores = _top_p_filter(scores, top_p)
+    logp = torch.log_softmax(scores, dim=-1)
+    token = torch.multinomial(logp.exp(), 1).squeeze(1)
+    return token, logp.gather(1, token[:, None]).squeeze(1)
+
+
+def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the most probable tokens until their mass reaches top_p (always at least one)."""
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    sorted_probs = sorted_scores.softmax(dim=-1)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more probable tokens
+    keep = torch.zeros_like(sorted_probs, dtype=torch.bool).scatter(1, order, mass_before < top_p)
+    return scores.masked_fill(~keep, float("-inf"))
 
 
 @contextmanager
@@ -168,16 +167,6 @@ def _default_eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     return tokenizer_eos + config_eos
 
 
-def _sampling_processors(params: SamplingParams, recorder: SampledLogprobs) -> LogitsProcessorList:
-    processors = LogitsProcessorList()
-    if params.temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(params.temperature))
-    if params.top_p < 1.0:
-        processors.append(TopPLogitsWarper(params.top_p))
-    processors.append(recorder)
-    return processors
-
-
 def _left_pad(
     rows: list[list[int]], pad_token_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,12 +179,3 @@ def _left_pad(
         input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         attention_mask[i, width - len(row) :] = 1
     return input_ids.to(device), attention_mask.to(device)
-
-
-def _response_lengths(responses: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens up to and including the first EOS ([rows]), and whether there was one ([rows] bool)."""
-    is_eos = torch.isin(responses, torch.tensor(eos_token_ids, device=responses.device))  # [rows, T]
-    finished = is_eos.any(dim=1)
-    first_eos = is_eos.int().argmax(dim=1)
-    lengths = torch.where(finished, first_eos + 1, responses.shape[1])
-    return lengths, finished
