@@ -10,7 +10,8 @@ micro-batch losses over all ranks equals the loss of the whole batch at once.
     seq_mean_token_sum_norm  w_i = 1 / (C * S)               sum of tokens over a constant (Dr. GRPO)
 
 L_i is response i's length, S the number of responses and C a constant length, all over the full batch
-(responses that are not forwarded still count: dropping them changes no other response's weight).
+(responses that are not forwarded still count: dropping them changes no other response's weight). The
+sample regime then multiplies w_i by its factor (lrm_fast/regimes.py).
 """
 
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ class Sample:
     correct: bool
     advantage: float = 0.0
     zero_variance: bool = False
-    weight: float = 0.0  # aggregation weight of each of its tokens
+    injected: bool = False  # a stored solution put in by offline sample injection
+    regime_weight: float = 1.0  # the sample regime's factor (0: dropped; lrm_fast/regimes.py)
+    weight: float = 0.0  # aggregation weight of each of its tokens, times regime_weight
     forward: bool = True  # False: carries no gradient, skipped before the model
 
     @property
@@ -81,6 +84,7 @@ def assign_weights(
             s.weight = 1.0 / (length * normalisers.num_responses)
         else:
             s.weight = 1.0 / (sum_norm_length * normalisers.num_responses)
+        s.weight *= s.regime_weight
 
 
 def micro_batches(samples: list[Sample], token_budget: int) -> list[list[Sample]]:
@@ -110,13 +114,14 @@ class MicroBatch:
     targets: torch.Tensor  # [N] the response tokens
     advantages: torch.Tensor  # [N] fp32
     weights: torch.Tensor  # [N] fp32
+    injected: torch.Tensor  # [N] bool: tokens of injected responses
 
 
 def collate(samples: list[Sample], pad_id: int) -> MicroBatch:
     longest = max(s.num_tokens for s in samples)
     input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
-    rows, positions, targets, advantages, weights = [], [], [], [], []
+    rows, positions, targets, advantages, weights, injected = [], [], [], [], [], []
     for i, s in enumerate(samples):
         ids = s.prompt_ids + s.response_ids
         input_ids[i, : len(ids)] = torch.tensor(ids)
@@ -127,6 +132,7 @@ def collate(samples: list[Sample], pad_id: int) -> MicroBatch:
         targets += s.response_ids
         advantages += [s.advantage] * len(s.response_ids)
         weights += [s.weight] * len(s.response_ids)
+        injected += [s.injected] * len(s.response_ids)
     return MicroBatch(
         input_ids,
         attention_mask,
@@ -135,4 +141,5 @@ def collate(samples: list[Sample], pad_id: int) -> MicroBatch:
         torch.tensor(targets),
         torch.tensor(advantages, dtype=torch.float32),
         torch.tensor(weights, dtype=torch.float32),
+        torch.tensor(injected, dtype=torch.bool),
     )

@@ -9,6 +9,7 @@ import torch
 from lrm_fast.config import ColdStartConfig, DataConfig, ModelConfig, TrainConfig, TrainerConfig
 from lrm_fast.data import Columns, PromptExample, encode_prompts, load_prompts
 from lrm_fast.model import TinyModelSettings, load_model
+from lrm_fast.runtime import DEFAULT_THREADS
 from lrm_fast.sft import SFTSettings, cached_cold_start
 from lrm_fast.tasks.arithmetic import ArithmeticSettings, generate_problems
 from lrm_fast.tokenizer import load_tokenizer
@@ -23,13 +24,21 @@ def sft_settings(cold_start: ColdStartConfig) -> SFTSettings:
 
 
 def cold_start_dir(cfg: TrainConfig) -> Path:
-    """The cached SFT cold start of the tiny model (trained here on first use)."""
-    return cached_cold_start(
-        Path(cfg.cold_start.cache_dir).expanduser(),
-        task_settings(cfg.data),
-        sft_settings(cfg.cold_start),
-        TinyModelSettings(**asdict(cfg.model.tiny)),
-    )
+    """The cached SFT cold start of the tiny model (trained here on first use).
+
+    SFT runs on every core (torch's default thread count): its batches are large enough to gain from
+    them, unlike sampling from the tiny model, for which trainer.num_threads may have set fewer."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)
+    try:
+        return cached_cold_start(
+            Path(cfg.cold_start.cache_dir).expanduser(),
+            task_settings(cfg.data),
+            sft_settings(cfg.cold_start),
+            TinyModelSettings(**asdict(cfg.model.tiny)),
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def build_policy(cfg: TrainConfig, device: torch.device):

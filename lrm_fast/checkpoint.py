@@ -84,3 +84,20 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     trainer_state = torch.load(path / f"trainer_rank{_rank()}.pt", weights_only=False)
     set_rng_state(trainer_state.pop("rng"))
     return trainer_state
+
+
+def export_model(model, tokenizer, path: Path) -> None:
+    """The policy as a plain transformers directory (save_pretrained + tokenizer), for evaluation and for
+    the next stage of a run (model.name=pretrained model.path=...). Every rank calls it; rank 0 writes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if _rank() == 0:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=full_state)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    _barrier()

@@ -46,6 +46,8 @@ class ColdStartConfig:
     max_grad_norm: float = 1.0
     num_problems: int = 20_000  # distinct training problems the SFT batches come from
     seed: int = 0
+    slip_prob: float = 0.0  # share of teacher solutions with one wrong step (an imperfect teacher)
+    check_prob: float = 0.0  # chance of a check step after each teacher step (varied lengths)
     cache_dir: str = "${oc.env:LRM_FAST_CACHE,'~/.cache/lrm_fast'}/cold_start"  # reused when settings match
 
 
@@ -110,24 +112,50 @@ class LossConfig:
 
 @dataclass
 class RegimeConfig:
-    """Which responses enter the update (PAPER.md §2). Only `full` until the study's levers land."""
+    """Which responses enter the update, and with what weight (PAPER.md §2; lrm_fast/regimes.py)."""
 
+    # full | positive | negative | neg_to_pos (negative first, then `second_phase`) | weighted
     name: str = "full"
-    drop_zero_variance: bool = True  # zero-variance groups have A = 0: skip their forward pass
+    # "correctness" (the study's code) or "advantage" (sign of A; differs only in zero-variance groups)
+    select_by: str = "correctness"
+    # False (the study): weights keep the full batch's normalisers, so a pruned step is smaller.
+    # True: normalisers count only the responses the regime keeps.
+    renormalise: bool = False
+    positive_weight: float = 1.0  # regime=weighted: scale of positive responses (W-REINFORCE: 0.1)
+    negative_weight: float = 1.0  # regime=weighted: scale of negative responses
+    switch_step: int | None = None  # neg_to_pos: steps 1..switch_step are negative-only
+    switch_accuracy: float | None = None  # neg_to_pos: switch after a held-out eval reaches it
+    second_phase: str = "full"  # neg_to_pos: "full" or "positive" after the switch
+    # Zero-variance groups have A = 0 and no policy gradient: skip their forward pass. Their tokens
+    # still count in the normalisers, so dropping them changes nothing but their KL / entropy terms.
+    drop_zero_variance: bool = True
 
 
 @dataclass
 class RewardConfig:
-    """Reward of a response: 1 if its last \\boxed{} answer is equivalent to the ground truth, else 0."""
+    """Reward of a response (PAPER.md §1, §4; lrm_fast/rewards.py)."""
 
-    name: str = "binary"
+    name: str = "binary"  # binary: 1 if the last \\boxed{} answer is correct, else 0 | rlr
+    # rlr: groups with accuracy >= tau shape each correct response by 1 + clip((mean_len - len) / b, lo, hi)
+    tau: float = 0.75
+    b: float = 500.0  # tokens
+    lo: float = -0.5
+    hi: float = 1.0
 
 
 @dataclass
 class InjectionConfig:
-    """Offline sample injection into too-hard groups (PAPER.md §5); `none` until the levers land."""
+    """Offline sample injection into too-hard groups (PAPER.md §5; lrm_fast/injection.py)."""
 
-    name: str = "none"
+    name: str = "none"  # none | osi
+    alpha: float = 0.125  # groups with accuracy <= alpha receive stored correct solutions
+    cap: int = 1  # at most this many responses replaced per group
+    # Solution bank: null reads the dataset's `solutions` column (the built-in task has one);
+    # a path reads a jsonl of {"id": ..., "solutions": [...]} keyed by problem id.
+    bank_path: str | None = None
+    # LUFFY-style shaping of injected tokens: loss -A * p / (p + gamma), unclipped (their released run)
+    shaping: bool = False
+    gamma: float = 0.1
 
 
 @dataclass
@@ -200,6 +228,8 @@ def validate(cfg: TrainConfig) -> None:
     from pathlib import Path
 
     _choice("model.name", cfg.model.name, ("tiny", "pretrained"))
+    if cfg.model.name == "pretrained" and not cfg.model.path:
+        raise ValueError("model.path is required with model=pretrained (a local directory or HF cache id)")
     _choice("data.name", cfg.data.name, ("arithmetic", "file"))
     if cfg.data.name == "file":
         if not cfg.data.train_path:
@@ -216,9 +246,7 @@ def validate(cfg: TrainConfig) -> None:
     )
     _choice("loss.advantage_scale", cfg.loss.advantage_scale, ("std", "none"))
     _choice("loss.backend", cfg.loss.backend, ("auto", "triton", "torch"))
-    _choice("regime.name", cfg.regime.name, ("full",))
-    _choice("reward.name", cfg.reward.name, ("binary",))
-    _choice("injection.name", cfg.injection.name, ("none",))
+    _validate_levers(cfg)
     _choice("trainer.lr_schedule", cfg.trainer.lr_schedule, ("constant", "cosine"))
     _choice("trainer.mixed_precision", cfg.trainer.mixed_precision, ("auto", "bf16", "fp32"))
     for name, value in [
@@ -237,3 +265,33 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.trainer.resume and not Path(cfg.trainer.resume).expanduser().is_dir():
         raise FileNotFoundError(f"trainer.resume: no such run directory: {cfg.trainer.resume}")
+
+
+def _validate_levers(cfg: TrainConfig) -> None:
+    """The study's levers: regime, reward and injection settings."""
+    from pathlib import Path
+
+    regime = cfg.regime
+    _choice("regime.name", regime.name, ("full", "positive", "negative", "neg_to_pos", "weighted"))
+    _choice("regime.select_by", regime.select_by, ("correctness", "advantage"))
+    _choice("regime.second_phase", regime.second_phase, ("full", "positive"))
+    if regime.positive_weight < 0 or regime.negative_weight < 0:
+        raise ValueError("regime.positive_weight and regime.negative_weight must be >= 0")
+    if regime.name == "neg_to_pos":
+        if regime.switch_step is None and regime.switch_accuracy is None:
+            raise ValueError("regime=neg_to_pos needs regime.switch_step or regime.switch_accuracy")
+        if regime.switch_accuracy is not None and cfg.eval.every <= 0:
+            raise ValueError("regime.switch_accuracy needs periodic evaluation: set eval.every > 0")
+    _choice("reward.name", cfg.reward.name, ("binary", "rlr"))
+    if not 0 <= cfg.reward.tau <= 1:
+        raise ValueError(f"reward.tau must be in [0, 1], got {cfg.reward.tau}")
+    _positive("reward.b", cfg.reward.b)
+    if cfg.reward.lo > cfg.reward.hi:
+        raise ValueError(f"reward.lo must be <= reward.hi, got {cfg.reward.lo} > {cfg.reward.hi}")
+    _choice("injection.name", cfg.injection.name, ("none", "osi"))
+    if not 0 <= cfg.injection.alpha < 1:
+        raise ValueError(f"injection.alpha must be in [0, 1), got {cfg.injection.alpha}")
+    _positive("injection.cap", cfg.injection.cap)
+    _positive("injection.gamma", cfg.injection.gamma)
+    if cfg.injection.bank_path and not Path(cfg.injection.bank_path).expanduser().is_file():
+        raise FileNotFoundError(f"injection.bank_path: no such file: {cfg.injection.bank_path}")

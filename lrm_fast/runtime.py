@@ -5,6 +5,9 @@ import torch.distributed as dist
 
 from lrm_fast.distributed import DistInfo, init_distributed
 
+# torch's own choice (one per physical core), before configure_runtime changes it.
+DEFAULT_THREADS = torch.get_num_threads()
+
 
 def configure_runtime(num_threads: int = 0) -> DistInfo:
     # Subnormal floats make CPU steps about 10x slower after a few updates of a small model.

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 import uuid
@@ -30,14 +31,14 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lrm_fast.model import TinyModelSettings, build_model, tiny_qwen2_config
-from lrm_fast.tasks.arithmetic import ArithmeticSettings, Problem, generate_problems
+from lrm_fast.tasks.arithmetic import ArithmeticSettings, Problem, generate_problems, teacher_solution
 from lrm_fast.tokenizer import build_tokenizer, require_known
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Part of the cache key: bump it when the task format, tokenizer or training code changes what a
 cold start contains, so that old caches are not reused."""
 
@@ -66,7 +67,11 @@ class SFTSettings:
     num_problems: int = 20_000
     """Distinct training problems the batches are drawn from."""
     seed: int = 0
-    """Seeds the model initialisation, the problems and the batch order."""
+    """Seeds the model initialisation, the problems, the teacher's solutions and the batch order."""
+    slip_prob: float = 0.0
+    """Share of teacher solutions with one wrong step (`teacher_solution`): the cold start's own errors."""
+    check_prob: float = 0.0
+    """Chance of a check step after each teacher step: correct responses of varied length."""
 
 
 def run_sft(
@@ -219,7 +224,10 @@ def cached_cold_start(
     problems = generate_problems(
         sft_settings.num_problems, split="train", seed=sft_settings.seed, settings=task_settings
     )
-    train_args = {k: v for k, v in asdict(sft_settings).items() if k != "num_problems"}
+    rng = random.Random(sft_settings.seed)
+    problems = [teacher_solution(p, rng, sft_settings.slip_prob, sft_settings.check_prob) for p in problems]
+    excluded = ("num_problems", "slip_prob", "check_prob")
+    train_args = {k: v for k, v in asdict(sft_settings).items() if k not in excluded}
     losses = run_sft(model, tokenizer, problems, log_every=log_every, **train_args)
     record = {
         "task": asdict(task_settings),

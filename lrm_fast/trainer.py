@@ -4,6 +4,10 @@ One step (DESIGN.md "Data flow"): B prompts are drawn (each rank takes B / world
 sampled per prompt, graded 1/0 against the answer, turned into group-relative advantages, packed into
 micro-batches under a token budget and used for one clipped-policy-gradient optimizer step.
 
+The study's levers plug in between sampling and the update (lrm_fast/scoring.py): offline sample
+injection and the relative length reward before the advantages, the sample regime after them
+(lrm_fast/regimes.py).
+
 Simplifications: one optimizer step per rollout batch (on-policy, as in the study); responses of
 zero-variance groups are not forwarded when `regime.drop_zero_variance` (they have A = 0; only their KL
 and entropy terms are lost, and their tokens still count in the normalisers).
@@ -18,15 +22,17 @@ import torch
 
 from lrm_fast import batch as B
 from lrm_fast.build import build_examples, build_optimizer, build_policy, encode
-from lrm_fast.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from lrm_fast.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.config import TrainConfig
 from lrm_fast.data import PromptSampler
 from lrm_fast.distributed import DistInfo, all_reduce, apply_fsdp, gathered_for_generation
 from lrm_fast.evaluate import heldout_accuracy
-from lrm_fast.grader import grade_batch
+from lrm_fast.injection import SolutionBank, load_solution_bank
 from lrm_fast.metrics import MetricsLogger
+from lrm_fast.regimes import RegimeSchedule, apply_regime
 from lrm_fast.rollout import SamplingParams
 from lrm_fast.rollout.hf import HFRolloutBackend
+from lrm_fast.scoring import ScoredStep, score_rollouts
 from lrm_fast.update import policy_update
 
 
@@ -46,6 +52,8 @@ class GRPOTrainer:
         self.backend = HFRolloutBackend(
             self.model, self.tokenizer, max_batch_size=cfg.rollout.generation_batch_size
         )
+        self.bank = self._solution_bank()
+        self.regimes = RegimeSchedule(cfg.regime)
         self.step_count, self.state = 0, {"elapsed_s": 0.0}
         self._resume()
         self.logger = MetricsLogger(
@@ -62,13 +70,16 @@ class GRPOTrainer:
             self.logger.log(self.step_count, self.step())
             every = self.cfg.eval.every
             if every and self.step_count % every == 0 and self.step_count < self.cfg.trainer.steps:
-                self.logger.log(self.step_count, {"eval/accuracy": self.evaluate(f"step {self.step_count}")})
+                accuracy = self.evaluate(f"step {self.step_count}")
+                self.regimes.observe_heldout_accuracy(self.step_count, accuracy)
+                self.logger.log(self.step_count, {"eval/accuracy": accuracy})
             if (
                 self.step_count % self.cfg.trainer.checkpoint_every == 0
                 or self.step_count == self.cfg.trainer.steps
             ):
                 self.state["elapsed_s"] = time.perf_counter() - start
                 self._checkpoint()
+        export_model(self.model, self.tokenizer, self.run_dir / "final_model")
         final = self.evaluate("final")
         summary = {
             "cold_start_heldout_accuracy": self.state["cold_start_heldout_accuracy"],
@@ -114,19 +125,23 @@ class GRPOTrainer:
             rollouts = self.backend.generate(prompts, group_size=cfg.rollout.group_size, params=params)
         timings["time/rollout_s"], tick = time.perf_counter() - tick, time.perf_counter()
 
-        texts = self.tokenizer.batch_decode([r.response_ids for r in rollouts], skip_special_tokens=False)
-        answers = [e.answer for e in examples for _ in range(cfg.rollout.group_size)]
-        rewards = grade_batch(texts, answers)
-        samples = [
-            B.Sample(r.prompt_ids, r.response_ids, reward, correct=reward > 0)
-            for r, reward in zip(rollouts, rewards, strict=True)
-        ]
-        B.assign_advantages(samples, cfg.rollout.group_size, cfg.loss.advantage_scale)
+        scored = score_rollouts(
+            examples,
+            rollouts,
+            cfg.rollout.group_size,
+            self.tokenizer,
+            cfg.reward,
+            cfg.injection,
+            self.bank,
+            cfg.loss.advantage_scale,
+        )
+        samples = scored.samples
         timings["time/reward_s"], tick = time.perf_counter() - tick, time.perf_counter()
 
-        for s in samples:
-            s.forward = not (cfg.regime.drop_zero_variance and s.zero_variance)
-        normalisers = B.local_normalisers(samples).all_reduce()
+        regime = self.regimes.regime(self.step_count)
+        apply_regime(samples, regime, cfg.regime)
+        counted = [s for s in samples if s.regime_weight > 0] if cfg.regime.renormalise else samples
+        normalisers = B.local_normalisers(counted).all_reduce()
         sum_norm = cfg.loss.sum_norm_length or cfg.rollout.max_new_tokens
         B.assign_weights(samples, cfg.loss.aggregation, normalisers, sum_norm)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -140,53 +155,65 @@ class GRPOTrainer:
                 cfg.loss,
                 cfg.rollout.temperature,
                 cfg.trainer.grad_clip,
+                cfg.injection.gamma if cfg.injection.shaping else None,
             )
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         timings["time/update_s"] = time.perf_counter() - tick
         return {
-            **self._sample_metrics(samples),
+            **self._sample_metrics(scored),
+            "regime/negative_only": float(regime == "negative"),
             **_update_metrics(update, lr),
             **timings,
-            "perf/tokens_per_s": normalisers.num_response_tokens / max(sum(timings.values()), 1e-9),
+            "perf/tokens_per_s": sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9),
         }
 
-    def _sample_metrics(self, samples: list[B.Sample]) -> dict[str, float]:
-        """Reward, accuracy, zero-advantage shares and lengths, summed over ranks."""
-        G = self.cfg.rollout.group_size
-        groups = [samples[i : i + G] for i in range(0, len(samples), G)]
-        correct_lengths = [len(s.response_ids) for s in samples if s.correct]
-        wrong_lengths = [len(s.response_ids) for s in samples if not s.correct]
-        sums = torch.tensor(
-            [
-                len(samples),
-                sum(s.reward for s in samples),
-                sum(s.correct for s in samples),
-                len(groups),
-                sum(all(s.correct for s in g) for g in groups),
-                sum(not any(s.correct for s in g) for g in groups),
-                sum(g[0].zero_variance for g in groups),
-                len(correct_lengths),
-                sum(correct_lengths),
-                len(wrong_lengths),
-                sum(wrong_lengths),
-                sum(s.forward for s in samples),
-            ],
-            dtype=torch.float64,
-        )
-        (n, reward, correct, n_groups, all_correct, all_wrong, zero_var, n_c, len_c, n_w, len_w, fwd) = (
-            all_reduce(sums).tolist()
-        )
+    def _sample_metrics(self, scored: ScoredStep) -> dict[str, float]:
+        """Rewards, accuracy, zero-advantage shares (before / after the levers), lengths and lever counts,
+        summed over ranks. Accuracy and lengths are the policy's own responses (injected ones excluded:
+        injection only ever replaces incorrect responses)."""
+        samples = scored.samples
+        sampled = [s for s in samples if not s.injected]
+        correct_lengths = [len(s.response_ids) for s in sampled if s.correct]
+        wrong_lengths = [len(s.response_ids) for s in sampled if not s.correct]
+        before, after = scored.before, scored.after
+        values = {
+            "responses": len(samples),
+            "reward": sum(s.reward for s in samples),
+            "correct": sum(s.correct for s in sampled),
+            "groups": after.groups,
+            "all_correct": after.all_correct,
+            "all_wrong": after.all_wrong,
+            "all_correct_before": before.all_correct,
+            "all_wrong_before": before.all_wrong,
+            "n_correct": len(correct_lengths),
+            "len_correct": sum(correct_lengths),
+            "n_wrong": len(wrong_lengths),
+            "len_wrong": sum(wrong_lengths),
+            "forwarded": sum(s.forward for s in samples),
+            "kept": sum(s.regime_weight > 0 for s in samples),
+            "injected": scored.injected,
+            "shaped_groups": scored.shaped_groups,
+        }
+        summed = all_reduce(torch.tensor(list(values.values()), dtype=torch.float64)).tolist()
+        t = dict(zip(values, summed, strict=True))
+        n, groups = t["responses"], t["groups"]
         return {
-            "reward/mean": reward / n,
-            "reward/accuracy": correct / n,
-            "zero_adv/ratio": zero_var / n_groups,
-            "zero_adv/all_correct": all_correct / n_groups,
-            "zero_adv/all_wrong": all_wrong / n_groups,
-            "length/response_mean": (len_c + len_w) / n,
-            "length/correct_mean": len_c / max(n_c, 1),
-            "length/incorrect_mean": len_w / max(n_w, 1),
-            "batch/forwarded_responses": fwd,
+            "reward/mean": t["reward"] / n,
+            "reward/accuracy": t["correct"] / n,
+            "zero_adv/ratio": (t["all_correct"] + t["all_wrong"]) / groups,
+            "zero_adv/all_correct": t["all_correct"] / groups,
+            "zero_adv/all_wrong": t["all_wrong"] / groups,
+            "zero_adv/ratio_before": (t["all_correct_before"] + t["all_wrong_before"]) / groups,
+            "zero_adv/all_correct_before": t["all_correct_before"] / groups,
+            "zero_adv/all_wrong_before": t["all_wrong_before"] / groups,
+            "length/response_mean": (t["len_correct"] + t["len_wrong"]) / max(n - t["injected"], 1),
+            "length/correct_mean": t["len_correct"] / max(t["n_correct"], 1),
+            "length/incorrect_mean": t["len_wrong"] / max(t["n_wrong"], 1),
+            "batch/forwarded_responses": t["forwarded"],
+            "regime/kept_responses": t["kept"],
+            "injection/responses": t["injected"],
+            "reward/rlr_shaped_groups": t["shaped_groups"],
         }
 
     def _autocast(self):
@@ -194,11 +221,19 @@ class GRPOTrainer:
         enabled = self.bf16 and self.dist.world_size == 1 and self.dist.device.type == "cuda"
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
 
+    def _solution_bank(self) -> SolutionBank | None:
+        if self.cfg.injection.name != "osi":
+            return None
+        path = self.cfg.injection.bank_path
+        by_id = load_solution_bank(path) if path else None
+        return SolutionBank(self.tokenizer, self.cfg.rollout.max_new_tokens, by_id)
+
     # ------------------------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
         trainer_state = {
             "sampler": self.sampler.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "regimes": self.regimes.state_dict(),
             **self.state,
         }
         save_checkpoint(
@@ -217,6 +252,7 @@ class GRPOTrainer:
         state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
         self.sampler.load_state_dict(state.pop("sampler"))
         self.scheduler.load_state_dict(state.pop("scheduler"))
+        self.regimes.load_state_dict(state.pop("regimes"))
         self.step_count = state.pop("step")
         self.state = state
 

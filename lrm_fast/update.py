@@ -32,8 +32,19 @@ def response_logits(model, batch: MicroBatch) -> torch.Tensor:
     return logits[batch.row, batch.position]
 
 
-def micro_batch_loss(model, ref_model, batch: MicroBatch, loss_cfg: LossConfig, temperature: float):
-    """Loss of one micro-batch (already globally normalised through batch.weights) and its stats."""
+def micro_batch_loss(
+    model,
+    ref_model,
+    batch: MicroBatch,
+    loss_cfg: LossConfig,
+    temperature: float,
+    shaping_gamma: float | None = None,
+):
+    """Loss of one micro-batch (already globally normalised through batch.weights) and its stats.
+
+    With `shaping_gamma`, tokens of injected responses leave the clipped loss (and its KL, entropy and
+    stats) for LUFFY's shaped term -A * p / (p + gamma), p = pi(token), unclipped (PAPER.md §5).
+    """
     ref_logprobs = None
     if ref_model is not None:
         with torch.no_grad():
@@ -42,12 +53,13 @@ def micro_batch_loss(model, ref_model, batch: MicroBatch, loss_cfg: LossConfig, 
                 ref_logits, batch.targets, temperature=temperature, backend=loss_cfg.backend
             )
     logits = response_logits(model, batch)
-    return grpo_loss(
+    shaped = batch.injected if shaping_gamma is not None else torch.zeros_like(batch.injected)
+    loss, stats = grpo_loss(
         logits,
         batch.targets,
         None,
         batch.advantages,
-        batch.weights,
+        batch.weights.masked_fill(shaped, 0.0),
         temperature=temperature,
         clip_low=loss_cfg.clip_low,
         clip_high=loss_cfg.clip_high,
@@ -57,10 +69,28 @@ def micro_batch_loss(model, ref_model, batch: MicroBatch, loss_cfg: LossConfig, 
         entropy_coef=loss_cfg.entropy_coef,
         backend=loss_cfg.backend,
     )
+    if shaped.any():
+        shaping = shaped_injection_loss(logits, batch, shaped, temperature, shaping_gamma, loss_cfg.backend)
+        loss = loss + shaping
+    return loss, stats
+
+
+def shaped_injection_loss(logits, batch: MicroBatch, shaped, temperature, gamma, backend) -> torch.Tensor:
+    """sum_t w_t * -A_t * p_t / (p_t + gamma) over the `shaped` tokens: LUFFY's policy shaping,
+    which keeps learning from low-probability off-policy tokens (the gradient is largest near p = gamma)."""
+    p = token_logprobs(logits[shaped], batch.targets[shaped], temperature=temperature, backend=backend).exp()
+    return (batch.weights[shaped] * -batch.advantages[shaped] * p / (p + gamma)).sum()
 
 
 def policy_update(
-    model, ref_model, optimizer, batches, loss_cfg: LossConfig, temperature: float, grad_clip: float
+    model,
+    ref_model,
+    optimizer,
+    batches,
+    loss_cfg: LossConfig,
+    temperature: float,
+    grad_clip: float,
+    shaping_gamma: float | None = None,
 ):
     """Accumulate gradients over `batches` and take one optimizer step (skipped if not finite).
 
@@ -74,7 +104,7 @@ def policy_update(
             _zero_loss_pass(model, device)
             continue
         batch = _to_device(batches[i], device)
-        loss, stats = micro_batch_loss(model, ref_model, batch, loss_cfg, temperature)
+        loss, stats = micro_batch_loss(model, ref_model, batch, loss_cfg, temperature, shaping_gamma)
         (loss * gradient_scale()).backward()
         kept = stats["kept_tokens"].item()
         totals += torch.tensor([stats[k].item() * kept for k in SUMMED_STATS] + [kept, loss.item()])

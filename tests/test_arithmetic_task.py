@@ -1,5 +1,6 @@
 """The arithmetic task: determinism, disjoint splits, difficulty knobs, correct solutions."""
 
+import random
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from lrm_fast.tasks.arithmetic import (
     make_problem,
     solutions,
     split_of,
+    teacher_solution,
 )
 
 DEFAULT = ArithmeticSettings()
@@ -149,3 +151,44 @@ def test_asking_for_more_problems_than_exist_raises():
         generate_problems(50, split="held_out", seed=0, settings=settings)
     with pytest.raises(ValueError, match="split"):
         generate_problems(5, split="test", seed=0, settings=settings)
+
+
+def test_teacher_without_slips_or_checks_writes_the_reference_solution():
+    rng = random.Random(0)
+    for problem in generate_problems(200, split="train", seed=3, settings=ArithmeticSettings()):
+        assert teacher_solution(problem, rng) == problem
+
+
+def _steps(solution: str) -> list[str]:
+    return solution.removeprefix("<think>").split("</think>")[0].split(",")
+
+
+def _holds(step: str) -> bool:
+    a, operator, b, value = STEP.fullmatch(step).groups()
+    a, b = int(a), int(b)
+    return (a + b if operator == "+" else a - b if operator == "-" else a * b) == int(value)
+
+
+def test_teacher_slips_change_one_step_and_carry_the_error_to_the_answer():
+    rng = random.Random(1)
+    problems = generate_problems(2000, split="train", seed=4, settings=ArithmeticSettings())
+    taught = [teacher_solution(p, rng, slip_prob=0.3) for p in problems]
+    wrong = [(p, t) for p, t in zip(problems, taught, strict=True) if t.answer != p.answer]
+    assert 0.25 < len(wrong) / len(problems) < 0.35  # a changed digit always changes the value
+    for problem, t in wrong:
+        steps = _steps(t.solution)
+        assert sum(not _holds(step) for step in steps) == 1  # one wrong step, the rest computed from it
+        assert len(steps) == len(_steps(problem.solution))
+        assert t.solution.endswith(f"\\boxed{{{t.answer}}}")
+        assert steps[-1].rsplit("=", 1)[1] == t.answer
+
+
+def test_teacher_checks_are_true_inverse_steps_that_vary_lengths():
+    rng = random.Random(2)
+    problems = generate_problems(500, split="train", seed=5, settings=ArithmeticSettings())
+    taught = [teacher_solution(p, rng, check_prob=0.5) for p in problems]
+    assert all(t.answer == p.answer for p, t in zip(problems, taught, strict=True))
+    extra = [len(_steps(t.solution)) - len(_steps(p.solution)) for p, t in zip(problems, taught, strict=True)]
+    assert min(extra) == 0 and max(extra) >= 2
+    assert all(_holds(step) for t in taught for step in _steps(t.solution))
+    assert 0.4 < sum(extra) / sum(len(_steps(p.solution)) for p in problems) < 0.6

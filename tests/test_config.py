@@ -11,8 +11,13 @@ from lrm_fast.config import TrainConfig, register_configs, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUP_OPTIONS = sorted(
-    (group.name, option.stem) for group in CONF.iterdir() if group.is_dir() for option in group.glob("*.yaml")
+    (group.name, option.stem)
+    for group in CONF.iterdir()
+    if group.is_dir() and group.name != "experiment"
+    for option in group.glob("*.yaml")
 )
+EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+PATHS = ["model.path=/models/x", "data.train_path=x.jsonl"]
 REQUIRED = {("model", "pretrained"): ["model.path=/models/x"], ("data", "file"): ["data.train_path=x.jsonl"]}
 
 
@@ -28,6 +33,35 @@ def test_every_config_file_composes(group, option):
     assert isinstance(cfg, TrainConfig)
     if (group, option) != ("data", "file"):  # its file does not exist here
         validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_study_experiments_carry_the_paper_settings(experiment):
+    cfg = _compose([f"+experiment={experiment}", *PATHS])
+    assert (cfg.model.name, cfg.model.path, cfg.data.name) == ("pretrained", "/models/x", "file")
+    assert (cfg.trainer.lr, cfg.trainer.prompts_per_step, cfg.trainer.weight_decay) == (1e-6, 64, 0.01)
+    assert (cfg.rollout.temperature, cfg.rollout.top_p, cfg.loss.clip_low, cfg.loss.clip_high) == (
+        0.6,
+        1,
+        0.2,
+        0.2,
+    )
+    stage = {"continue_16k": (16, 16384), "continue_24k": (16, 24576), "osi_24k": (16, 24576)}
+    assert (cfg.rollout.group_size, cfg.rollout.max_new_tokens) == stage.get(experiment, (8, 8192))
+    rlr = experiment == "rlr_8k"
+    assert (cfg.loss.kl_coef, cfg.loss.entropy_coef) == ((0.0, 0.0) if rlr else (0.001, 0.001))
+    assert cfg.reward.name == ("rlr" if rlr else "binary")
+    assert (cfg.reward.tau, cfg.reward.b, cfg.reward.lo, cfg.reward.hi) == (0.75, 500, -0.5, 1.0)
+    regime = {"positive_8k": "positive", "negative_8k": "negative"}.get(experiment, "full")
+    assert (cfg.regime.name, cfg.regime.renormalise) == (regime, False)
+    osi = experiment == "osi_24k"
+    assert (cfg.injection.name, cfg.injection.shaping) == (("osi", True) if osi else ("none", False))
+    assert (cfg.injection.alpha, cfg.injection.gamma) == (0.125, 0.1)
+
+
+def test_study_experiment_needs_the_model_path():
+    with pytest.raises(ValueError, match=r"model\.path is required"):
+        validate(_compose(["+experiment=baseline_8k", "data.train_path=x.jsonl"]))
 
 
 def test_default_config_is_the_embedded_task():

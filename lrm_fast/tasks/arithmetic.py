@@ -26,6 +26,13 @@ Simplifications, on purpose:
 
 ``solutions(problem, k)`` gives up to ``k`` distinct correct traces (other valid orders of the same
 operations); they serve as the offline solution bank of offline sample injection.
+
+``teacher_solution`` writes a solution the way the SFT cold start's teacher does, standing in for the
+study's R1-distilled starting point: imperfect (with probability ``slip_prob`` one step's result is off
+by one digit, and the error carries through to a wrong answer) and verbose (after each step, with
+probability ``check_prob``, a check by the inverse operation, ``3*4=12,4*3=12`` or ``9-5=4,4+5=9``).
+The slips give the cold start errors that reinforcement learning can remove; the checks make correct
+responses to the same problem differ in length, which the relative length reward acts on.
 """
 
 import hashlib
@@ -143,6 +150,47 @@ def solutions(problem: Problem, k: int) -> list[str]:
     return found
 
 
+def teacher_solution(
+    problem: Problem, rng: random.Random, slip_prob: float = 0.0, check_prob: float = 0.0
+) -> Problem:
+    """`problem` with the solution an imperfect, verbose teacher writes (see the module docstring);
+    its `answer` is the teacher's final value, wrong after a slip."""
+    tokens = parse(problem.problem)
+    num_steps = sum(isinstance(token, str) and token in OPERATORS for token in tokens)
+    slip_step = rng.randrange(num_steps) if rng.random() < slip_prob else None
+    steps: list[str] = []
+    for step in range(num_steps):
+        i = _choices(tokens)[0]
+        a, operator, b = tokens[i - 1], tokens[i], tokens[i + 1]
+        value = _value(a, operator, b)
+        if step == slip_step:
+            value = _slip(value, rng)
+        tokens = _reduce(tokens, i, value)
+        steps.append(f"{a}{operator}{b}={value}")
+        if step != slip_step and rng.random() < check_prob:
+            steps.append(_check(a, operator, b, value))
+    answer = str(tokens[0])
+    return Problem(problem.id, problem.problem, answer, format_solution(steps, answer))
+
+
+def _slip(value: int, rng: random.Random) -> int:
+    """`value` with one digit changed (never a leading zero)."""
+    digits = str(abs(value))
+    i = rng.randrange(len(digits))
+    choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0" and len(digits) > 1)]
+    wrong = int(digits[:i] + rng.choice(choices) + digits[i + 1 :])
+    return -wrong if value < 0 else wrong
+
+
+def _check(a: int, operator: str, b: int, value: int) -> str:
+    """The inverse operation of a step (no division: a product is checked by swapping its factors)."""
+    if operator == "+":
+        return f"{value}-{b}={a}"
+    if operator == "-":
+        return f"{value}+{b}={a}"
+    return f"{b}*{a}={value}"
+
+
 def format_solution(steps: list[str], answer: str) -> str:
     """The response text: the comma-separated steps in a think block, then the boxed answer."""
     return f"<think>{','.join(steps)}</think>\\boxed{{{answer}}}"
@@ -225,12 +273,21 @@ def _choices(tokens: list[Token]) -> list[int]:
 def _apply(tokens: list[Token], i: int) -> tuple[list[Token], str]:
     """The tokens after applying the operator at `i`, and the step text ``a*b=c``."""
     a, operator, b = tokens[i - 1], tokens[i], tokens[i + 1]
-    value = a + b if operator == "+" else a - b if operator == "-" else a * b
+    value = _value(a, operator, b)
+    return _reduce(tokens, i, value), f"{a}{operator}{b}={value}"
+
+
+def _value(a: int, operator: str, b: int) -> int:
+    return a + b if operator == "+" else a - b if operator == "-" else a * b
+
+
+def _reduce(tokens: list[Token], i: int, value: int) -> list[Token]:
+    """The tokens with the operation at `i` replaced by `value` (and parentheses around it dropped)."""
     reduced = [*tokens[: i - 1], value, *tokens[i + 2 :]]
     j = i - 1
     if 0 < j < len(reduced) - 1 and reduced[j - 1] == "(" and reduced[j + 1] == ")":
         reduced = [*reduced[: j - 1], value, *reduced[j + 2 :]]
-    return reduced, f"{a}{operator}{b}={value}"
+    return reduced
 
 
 def _traces(tokens: list[Token]) -> Iterator[list[str]]:

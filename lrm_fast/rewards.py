@@ -1,0 +1,47 @@
+"""Rewards of a step's responses: binary correctness, or the Relative Length Reward (PAPER.md §4).
+
+RLR puts the too-easy groups to work. For a group whose accuracy p_g is at least tau, every correct
+response i gets
+
+    r_i = 1 + clip((mean_len_correct_g - len_i) / b, lo, hi)
+
+where mean_len_correct_g is the mean length (in response tokens) of the group's correct responses.
+Incorrect responses keep 0, and groups below tau keep their 0/1 rewards. The group normalisation runs
+afterwards as usual, so an all-correct group now has variance (unless all its lengths are equal) and
+prefers its shorter correct answers. Defaults are the study's script values: tau 0.75, b 500, lo -0.5,
+hi 1.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShapedRewards:
+    rewards: list[float]
+    shaped_groups: int  # groups whose correct responses were length-shaped
+
+
+def binary_rewards(correct: list[bool]) -> list[float]:
+    return [1.0 if c else 0.0 for c in correct]
+
+
+def relative_length_rewards(
+    correct: list[bool], lengths: list[int], group_size: int, tau: float, b: float, lo: float, hi: float
+) -> ShapedRewards:
+    """RLR rewards of consecutive groups of `group_size` responses (see the module docstring)."""
+    if len(correct) != len(lengths) or len(correct) % group_size:
+        raise ValueError(
+            f"need as many lengths as responses and whole groups of {group_size}, "
+            f"got {len(correct)} responses and {len(lengths)} lengths"
+        )
+    rewards, shaped = binary_rewards(correct), 0
+    for start in range(0, len(correct), group_size):
+        members = range(start, start + group_size)
+        correct_members = [i for i in members if correct[i]]
+        if not correct_members or len(correct_members) / group_size < tau:
+            continue
+        shaped += 1
+        mean_length = sum(lengths[i] for i in correct_members) / len(correct_members)
+        for i in correct_members:
+            rewards[i] = 1.0 + min(max((mean_length - lengths[i]) / b, lo), hi)
+    return ShapedRewards(rewards, shaped)
