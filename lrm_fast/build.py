@@ -11,7 +11,7 @@ from lrm_fast.data import Columns, PromptExample, encode_prompts, load_prompts
 from lrm_fast.model import TinyModelSettings, load_model
 from lrm_fast.runtime import DEFAULT_THREADS
 from lrm_fast.sft import SFTSettings, cached_cold_start
-from lrm_fast.tasks.arithmetic import ArithmeticSettings, generate_problems
+from lrm_fast.tasks.arithmetic import ArithmeticSettings, generate_problems, solutions
 from lrm_fast.tokenizer import load_tokenizer
 
 
@@ -64,8 +64,9 @@ def build_examples(data: DataConfig, num_heldout: int) -> tuple[list[PromptExamp
         settings = task_settings(data)
         train = generate_problems(data.train_problems, split="train", seed=data.seed, settings=settings)
         heldout = generate_problems(num_heldout, split="held_out", seed=data.seed + 1, settings=settings)
+        # The offline solution bank of injection=osi: up to 4 valid step orders per problem.
         as_example = lambda p: PromptExample(
-            id=p.id, problem=p.problem, answer=p.answer, solutions=(p.solution,)
+            id=p.id, problem=p.problem, answer=p.answer, solutions=tuple(solutions(p, 4))
         )
         return [as_example(p) for p in train], [as_example(p) for p in heldout]
     columns = Columns(problem=data.problem_key, answer=data.answer_key)

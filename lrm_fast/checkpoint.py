@@ -8,6 +8,7 @@ previous checkpoint as the latest.
 
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 PREFIX = "step_"
+
+# DCP warns on every save and load of a plain one-process run; one process is a supported case here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 def rng_state() -> dict:

@@ -25,10 +25,11 @@ from lrm_fast.build import build_examples, build_optimizer, build_policy, encode
 from lrm_fast.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.config import TrainConfig
 from lrm_fast.data import PromptSampler
-from lrm_fast.distributed import DistInfo, all_reduce, apply_fsdp, gathered_for_generation
-from lrm_fast.evaluate import heldout_accuracy
+from lrm_fast.distributed import DistInfo, ShardedBackend, all_reduce, apply_fsdp, gathered_for_generation
 from lrm_fast.injection import SolutionBank, load_solution_bank
 from lrm_fast.metrics import MetricsLogger
+from lrm_fast.multi_round import EvalSettings
+from lrm_fast.multi_round import evaluate as evaluate_benchmark
 from lrm_fast.regimes import RegimeSchedule, apply_regime
 from lrm_fast.rollout import SamplingParams
 from lrm_fast.rollout.hf import HFRolloutBackend
@@ -95,24 +96,41 @@ class GRPOTrainer:
         return summary
 
     def evaluate(self, label: str) -> float:
+        """Held-out avg@k with the multi-round evaluator; per-problem results go to RUN/eval/LABEL.json.
+
+        Every evaluation starts afresh (a resumed run repeats one killed mid-evaluation) and uses the
+        same seed, so the cold-start and final numbers compare like with like."""
         if not self.heldout_prompts:
             return float("nan")
+        cfg = self.cfg.eval
+        settings = EvalSettings(
+            samples_per_problem=cfg.samples_per_problem,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            greedy=cfg.greedy,
+            max_rounds=cfg.max_rounds,
+            seed=self.cfg.seed,
+        )
+        path = self.run_dir / "eval" / f"{label.replace(' ', '_')}.json"
+        if self.dist.is_main:
+            path.unlink(missing_ok=True)
+        backend = ShardedBackend(self.backend, self.dist.rank, self.dist.world_size)
         with gathered_for_generation(self.model):
-            result = heldout_accuracy(
-                self.backend,
+            summary = evaluate_benchmark(
+                backend,
                 self.tokenizer,
-                self.heldout_prompts,
                 self.heldout_examples,
-                self.cfg.eval,
-                seed=self.cfg.seed,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
+                self.heldout_prompts,
+                settings,
+                state_path=path if self.dist.is_main else None,
             )
         self.logger.write(
-            f"[eval] {label}: held-out accuracy {100 * result.accuracy:.1f}% "
-            f"({result.num_problems} problems x {result.samples_per_problem} samples)"
+            f"[eval] {label}: held-out accuracy {100 * summary['score']:.1f}% "
+            f"(95% CI {100 * summary['ci_low']:.1f}-{100 * summary['ci_high']:.1f}; "
+            f"{summary['problems']} problems x {summary['samples'] // summary['problems']} samples)"
         )
-        return result.accuracy
+        return summary["score"]
 
     # ------------------------------------------------------------------------------------ step
     def step(self) -> dict[str, float]:

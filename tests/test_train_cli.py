@@ -150,3 +150,36 @@ def test_bad_configuration_fails_before_any_work(env, tmp_path, overrides, named
     assert result.returncode != 0
     assert named in result.stderr
     assert not (tmp_path / "cold_start").exists()  # failed before building anything
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "lever",
+    [["regime=negative"], ["reward=rlr"], ["injection=osi"], ["injection=osi_luffy"]],
+    ids=["regime_negative", "rlr", "injection_osi", "injection_osi_luffy"],
+)
+def test_study_levers_run_and_log_their_metrics(env, tmp_path, lever):
+    result = _train(
+        [*lever, "regime.drop_zero_variance=true", f"hydra.run.dir={tmp_path}/run"], env, tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [r for r in read_metrics(tmp_path / "run") if "loss/policy" in r]
+    keys = {
+        "regime/kept_responses",
+        "injection/responses",
+        "reward/rlr_shaped_groups",
+        "zero_adv/ratio_before",
+    }
+    assert keys <= rows[0].keys()
+    assert {"length/correct_mean", "length/incorrect_mean", "batch/forwarded_responses"} <= rows[0].keys()
+    responses = 8 * 4
+    if lever == ["regime=negative"]:
+        # Only incorrect responses are kept; all-wrong groups are dropped before the forward pass.
+        assert all(r["regime/kept_responses"] == round(responses * (1 - r["reward/accuracy"])) for r in rows)
+        assert all(r["batch/forwarded_responses"] <= r["regime/kept_responses"] for r in rows)
+    if lever[0].startswith("injection"):
+        # The cold start here is weak: most groups are all wrong, and every one of them gets a solution.
+        assert all(r["injection/responses"] == 8 * r["zero_adv/all_wrong_before"] for r in rows)
+        assert all(r["zero_adv/all_wrong"] == 0 < r["zero_adv/all_wrong_before"] for r in rows)
+    if lever == ["reward=rlr"]:
+        assert all(r["zero_adv/all_correct"] <= r["zero_adv/all_correct_before"] for r in rows)

@@ -1,0 +1,120 @@
+"""`lrm-fast-eval`: multi-round adaptive evaluation of a checkpoint (conf/evaluate.yaml; `--cfg job`).
+
+Parse, load the benchmarks (a bad file fails before the model is loaded), load the model, evaluate each
+benchmark round by round into OUTPUT_DIR/results.json (rewritten after every round), print the summary
+table, draw the plots. Rerunning with the same output_dir (or hydra.run.dir) resumes a killed evaluation:
+finished rounds are kept, the next one starts.
+
+    lrm-fast-eval model.path=outputs/DATE/TIME/final_model
+    lrm-fast-eval model.path=/models/r1-distill-1.5b model.dtype=bfloat16 samples_per_problem=16 \
+        'benchmarks=[{name: aime24, path: /data/aime24.jsonl}, {name: amc, path: /data/amc.jsonl}]'
+"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lrm_fast.eval_config import (
+    BenchmarkConfig,
+    EvalAppConfig,
+    EvalModelConfig,
+    register_eval_configs,
+    validate_eval,
+)
+
+register_eval_configs()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lrm_fast.conf", config_name="evaluate")
+def main(dict_cfg: DictConfig) -> dict:
+    cfg: EvalAppConfig = OmegaConf.to_object(dict_cfg)
+    validate_eval(cfg)
+    # Heavy imports (torch, transformers, math-verify) once the config is known to be valid.
+    from lrm_fast.data import encode_prompts
+    from lrm_fast.eval_benchmarks import load_benchmark
+    from lrm_fast.eval_report import format_table, write_plots
+    from lrm_fast.multi_round import evaluate, load_run
+    from lrm_fast.rollout.hf import HFRolloutBackend
+    from lrm_fast.runtime import configure_runtime
+
+    benchmarks = [load_benchmark(spec) for spec in cfg.benchmarks]
+    out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).expanduser()
+    results = out_dir / "results.json"
+    configure_runtime(cfg.num_threads)
+    model, tokenizer = load_checkpoint(cfg.model)
+    start_run_file(results, cfg, OmegaConf.to_container(dict_cfg, resolve=True))  # once the model loaded
+    backend = HFRolloutBackend(model, tokenizer, max_batch_size=cfg.generation_batch_size)
+    summaries = {}
+    for spec, benchmark in zip(cfg.benchmarks, benchmarks, strict=True):
+        prompts = encode_prompts(benchmark.examples, tokenizer, benchmark.template)
+        settings = eval_settings(cfg, spec)
+        summaries[benchmark.name] = evaluate(
+            backend, tokenizer, benchmark.examples, prompts, settings, results, benchmark.name, log=print
+        )
+    print(format_table(summaries))
+    for path in write_plots(load_run(results), out_dir):
+        print(f"wrote {path}")
+    print(f"wrote {results}")
+    return summaries
+
+
+def start_run_file(results: Path, cfg: EvalAppConfig, config: dict) -> None:
+    """Create results.json, or check that the one there (to resume) evaluated the same model."""
+    from lrm_fast.multi_round import RUN_FORMAT, load_run, save_run
+
+    if results.exists() and not cfg.resume:
+        results.unlink()  # resume=false: start over
+    if results.exists():
+        run = load_run(results)
+        if run.get("model") != cfg.model.path:
+            raise ValueError(
+                f"{results} holds an evaluation of model {run.get('model')!r}, not {cfg.model.path!r}: "
+                "set resume=false or another output_dir"
+            )
+    else:
+        run = {"format": RUN_FORMAT, "model": cfg.model.path, "benchmarks": {}}
+    run["config"] = config  # the latest invocation's (limits may grow between resumes)
+    save_run(run, results)
+
+
+def load_checkpoint(model_cfg: EvalModelConfig):
+    """(model in eval mode on its device, tokenizer) of the checkpoint."""
+    import torch
+
+    from lrm_fast.model import load_model
+    from lrm_fast.tokenizer import load_tokenizer
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[model_cfg.dtype]
+    device = model_cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_cfg.path, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
+    return model.to(device).eval(), load_tokenizer(model_cfg.path)
+
+
+def eval_settings(cfg: EvalAppConfig, spec: BenchmarkConfig):
+    """The typed settings of one benchmark: its own k and length where it sets them, else the global."""
+    from lrm_fast.multi_round import EvalSettings
+
+    return EvalSettings(
+        samples_per_problem=spec.samples_per_problem or cfg.samples_per_problem,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=spec.max_new_tokens or cfg.max_new_tokens,
+        greedy=cfg.greedy,
+        uncertain_lo=cfg.uncertain_lo,
+        uncertain_hi=cfg.uncertain_hi,
+        level=cfg.confidence_level,
+        max_rounds=cfg.adaptive.max_rounds,
+        target_ci_width=cfg.adaptive.target_ci_width,
+        budget=cfg.adaptive.budget,
+        samples_per_round=cfg.adaptive.samples_per_round,
+        seed=cfg.seed,
+        store_text=cfg.store_text,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Benchmarks of `lrm-fast-eval`: local problem files (free-form or multiple choice) and the built-in task.
+
+A file is JSON Lines or Parquet with a problem and an answer column (names configurable), read with
+lrm_fast.data's readers: a bad row raises ValueError naming the file and the line (row for Parquet).
+
+Multiple choice: a row whose options column is set (a list of option texts, lettered A, B, ... in
+order, or a {letter: text} dict) gets its options listed under the problem, one "(A) text" line each.
+Its answer must name a letter (``B``, ``(B)``, ``B.``); the gold answer kept is ``(B) text``, the form
+in which the grader accepts a boxed letter and also a boxed copy of the option's text.
+
+`builtin:arithmetic` is the held-out split of the built-in task at the trainer's default settings
+(lrm_fast.build.build_examples), so a trained checkpoint is scored on the problems its run evaluated.
+
+Simplifications: at most five options (A-E, the grader's letters); the built-in benchmark follows the
+default task settings, not those of the run that trained the checkpoint.
+"""
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lrm_fast.build import build_examples, prompt_template
+from lrm_fast.config import DataConfig
+from lrm_fast.data import DEEPSCALER_TEMPLATE, Columns, PromptExample, _read_jsonl, _read_parquet, _to_example
+from lrm_fast.eval_config import BenchmarkConfig
+
+LETTERS = "ABCDE"  # the multiple-choice letters lrm_fast.grader understands
+BUILTIN_PROBLEMS = 1000  # DESIGN.md: 500 problems give about +/-3 points, so twice that by default
+MULTIPLE_CHOICE_TEMPLATE = (
+    "{problem}\n\nLet's think step by step and output the letter of the correct option within \\boxed{}."
+)
+_ANSWER_LETTER = re.compile(r"\(?([A-E])\)?\.?")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A named list of problems and the prompt template they are asked with."""
+
+    name: str
+    examples: list[PromptExample]
+    template: str
+
+
+def load_benchmark(spec: BenchmarkConfig) -> Benchmark:
+    """The problems of one configured benchmark (the first `spec.problems` when set)."""
+    if spec.path == "builtin:arithmetic":
+        examples = builtin_arithmetic(spec.problems or BUILTIN_PROBLEMS)
+        template = prompt_template(DataConfig())
+    else:
+        columns = Columns(problem=spec.problem_key, answer=spec.answer_key, id=spec.id_key)
+        examples, multiple_choice = load_benchmark_file(spec.path, columns, spec.options_key)
+        examples = examples[: spec.problems]
+        template = MULTIPLE_CHOICE_TEMPLATE if multiple_choice else DEEPSCALER_TEMPLATE
+    return Benchmark(spec.name, examples, spec.template or template)
+
+
+def builtin_arithmetic(num_problems: int) -> list[PromptExample]:
+    """The first `num_problems` held-out problems of the built-in task (no training problems drawn)."""
+    _, heldout = build_examples(DataConfig(train_problems=0), num_heldout=num_problems)
+    return heldout
+
+
+def load_benchmark_file(
+    path: str | Path, columns: Columns | None = None, options_key: str = "options"
+) -> tuple[list[PromptExample], bool]:
+    """(examples in file order, whether any of them is multiple choice) of a .jsonl or .parquet file."""
+    columns = columns or Columns()
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    readers = {".jsonl": _read_jsonl, ".parquet": _read_parquet}
+    if path.suffix not in readers:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r} (expected .jsonl or .parquet)")
+    examples, multiple_choice = [], False
+    for index, (line, record) in enumerate(readers[path.suffix](path)):
+        where = f"{path}, {line}"
+        example = _to_example(record, columns, default_id=str(index), where=where)
+        if record.get(options_key) is not None:
+            example = _multiple_choice(example, record[options_key], options_key, columns.answer, where)
+            multiple_choice = True
+        examples.append(example)
+    if not examples:
+        raise ValueError(f"{path}: no problems")
+    return examples, multiple_choice
+
+
+def _multiple_choice(
+    example: PromptExample, options: Any, options_key: str, answer_key: str, where: str
+) -> PromptExample:
+    """The example with its options listed under the problem and its gold answer as "(letter) text"."""
+    texts = _option_texts(options, options_key, where)
+    match = _ANSWER_LETTER.fullmatch(example.answer.strip())
+    if match is None or LETTERS.index(match[1]) >= len(texts):
+        raise ValueError(
+            f"{where}: column {answer_key!r} must be an option letter {LETTERS[0]}-{LETTERS[len(texts) - 1]} "
+            f"(the row has {len(texts)} options), got {example.answer!r:.80}"
+        )
+    letter = match[1]
+    listing = "\n".join(f"({LETTERS[i]}) {text}" for i, text in enumerate(texts))
+    return replace(
+        example,
+        problem=f"{example.problem}\n\n{listing}",
+        answer=f"({letter}) {texts[LETTERS.index(letter)]}",
+    )
+
+
+def _option_texts(options: Any, options_key: str, where: str) -> list[str]:
+    """Option texts in letter order, from a list or a {letter: text} dict with letters A, B, ... ."""
+    if isinstance(options, dict):
+        # Parquet stores dicts as structs with every row's keys, absent ones as None.
+        options = {letter: text for letter, text in options.items() if text is not None}
+        letters = sorted(options)
+        if letters != list(LETTERS[: len(letters)]):
+            raise ValueError(
+                f"{where}: column {options_key!r} must have the letters A, B, ... as keys, got {letters}"
+            )
+        options = [options[letter] for letter in letters]
+    if not isinstance(options, (list, tuple)):
+        raise ValueError(
+            f"{where}: column {options_key!r} must be a list of option texts or a {{letter: text}} dict, "
+            f"got {type(options).__name__}"
+        )
+    if not 2 <= len(options) <= len(LETTERS):
+        raise ValueError(
+            f"{where}: column {options_key!r} must hold 2 to {len(LETTERS)} options (letters A-E), "
+            f"got {len(options)}"
+        )
+    if not all(isinstance(text, (str, int, float)) and not isinstance(text, bool) for text in options):
+        raise ValueError(f"{where}: column {options_key!r} must hold strings or numbers, got {options!r:.80}")
+    return [str(text) for text in options]

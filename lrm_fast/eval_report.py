@@ -1,0 +1,124 @@
+"""Reports of `lrm-fast-eval`: the printed summary table and three PNG plots, all from the run JSON.
+
+Scores are shown in percent. The table's columns (one row per benchmark):
+
+- avg@k +- SE: the adaptive score (unbiased mean correctness, lrm_fast/multi_round.py) and its standard
+  error; CI: the bootstrap interval at the run's level.
+- pass@k, maj@k: from round 0 (k samples of every problem), at a few k up to that k.
+- uncertain: share of problems with per-problem accuracy strictly inside (lo, hi); var: their share of
+  the score's variance; var/unif: the adaptive score's variance over that of a uniform allocation of the
+  same budget (below 1: adaptive rounds helped).
+- greedy: greedy accuracy; flips: +a/-b, problems that greedy gets right while most samples are wrong,
+  and wrong while most samples are right.
+
+The plots use matplotlib's object API (a bare Figure renders with Agg), so no global backend is touched.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
+from lrm_fast.multi_round import adaptive_state
+
+PLOT_NAMES = ("score_vs_rounds.png", "per_problem_accuracy.png", "pass_at_k.png")
+
+
+def report_ks(k_max: int) -> list[int]:
+    """The k shown in the table: powers of two below k_max and k_max itself, the largest three."""
+    powers = [2**j for j in range(1, 16) if 2**j < k_max]
+    return [*powers, k_max][-3:]
+
+
+def format_table(summaries: dict[str, dict]) -> str:
+    """One aligned text row per benchmark under a header row."""
+    header = ["benchmark", "problems", "samples", "rounds", "avg@k", "+-SE", "CI", "pass@k", "maj@k"]
+    header += ["uncertain", "var", "var/unif", "greedy", "flips", "stop"]
+    rows = [header] + [_row(name, summary) for name, summary in summaries.items()]
+    widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _row(name: str, s: dict) -> list[str]:
+    pass_at_k = " ".join(f"@{k} {100 * s['pass_at_k'][k - 1]:.1f}" for k in report_ks(len(s["pass_at_k"])))
+    greedy = s["greedy"]
+    flips = (
+        f"+{greedy['right_where_sampled_wrong']}/-{greedy['wrong_where_sampled_right']}" if greedy else "-"
+    )
+    return [
+        name,
+        str(s["problems"]),
+        str(s["samples"]),
+        str(s["rounds"]),
+        f"{100 * s['score']:.2f}",
+        f"{100 * s['standard_error']:.2f}",
+        f"[{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]",
+        pass_at_k,
+        f"@{len(s['maj_at_k'])} {100 * s['maj_at_k'][-1]:.1f}",
+        f"{100 * s['uncertain_share']:.1f}%",
+        f"{100 * s['uncertain_variance_share']:.1f}%",
+        "-" if s["variance_ratio_vs_uniform"] is None else f"{s['variance_ratio_vs_uniform']:.2f}",
+        f"{100 * greedy['accuracy']:.1f}" if greedy else "-",
+        flips,
+        str(s["stop_reason"]),
+    ]
+
+
+def write_plots(run: dict, out_dir: str | Path) -> list[Path]:
+    """score_vs_rounds.png, per_problem_accuracy.png and pass_at_k.png in `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    entries = {name: entry for name, entry in run["benchmarks"].items() if entry["rounds"]}
+    if not entries:
+        return []
+    paths = [out_dir / name for name in PLOT_NAMES]
+    for draw, path in zip((_score_vs_rounds, _accuracy_histograms, _pass_at_k), paths, strict=True):
+        figure = draw(entries)
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    return paths
+
+
+def _score_vs_rounds(entries: dict[str, dict]) -> Figure:
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for name, entry in entries.items():
+        rounds, num_problems = entry["rounds"], len(entry["problems"])
+        x = [r["samples_so_far"] / num_problems for r in rounds]
+        (line,) = axes.plot(x, [r["score"] for r in rounds], marker="o", label=name)
+        low, high = [r["ci_low"] for r in rounds], [r["ci_high"] for r in rounds]
+        axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+    level = next(iter(entries.values()))["settings"]["level"]
+    axes.set(xlabel="samples per problem (mean)", ylabel="score (avg@k)")
+    axes.set_title(f"Score after each round, {100 * level:g}% CI band")
+    axes.legend()
+    return figure
+
+
+def _accuracy_histograms(entries: dict[str, dict]) -> Figure:
+    figure = Figure(figsize=(4 * len(entries), 3.5))
+    for axes, (name, entry) in zip(
+        np.atleast_1d(figure.subplots(1, len(entries))), entries.items(), strict=True
+    ):
+        n, c = adaptive_state(entry).totals()
+        lo, hi = entry["settings"]["uncertain_lo"], entry["settings"]["uncertain_hi"]
+        axes.hist(c / n, bins=np.linspace(0, 1, 21), color="tab:blue")
+        axes.axvspan(lo, hi, color="tab:orange", alpha=0.15, label=f"uncertain ({lo:g}, {hi:g})")
+        axes.set(xlabel="per-problem accuracy", ylabel="problems", title=name)
+        axes.legend()
+    return figure
+
+
+def _pass_at_k(entries: dict[str, dict]) -> Figure:
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for name, entry in entries.items():
+        summary = entry["summary"]
+        ks = np.arange(1, len(summary["pass_at_k"]) + 1)
+        (line,) = axes.plot(ks, summary["pass_at_k"], marker=".", label=f"{name} pass@k")
+        axes.plot(ks, summary["maj_at_k"], linestyle="--", color=line.get_color(), label=f"{name} maj@k")
+    axes.set_xscale("log", base=2)
+    axes.xaxis.set_major_formatter(ScalarFormatter())  # 1, 2, 4 rather than 2^0, 2^1, 2^2
+    axes.set(xlabel="k (round 0 samples)", ylabel="score", title="pass@k (unbiased) and maj@k")
+    axes.legend()
+    return figure
