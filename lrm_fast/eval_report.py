@@ -8,6 +8,9 @@ Scores are shown in percent. The table's columns (one row per benchmark):
 - uncertain: share of problems with per-problem accuracy strictly inside (lo, hi); var: their share of
   the score's variance; var/unif: the adaptive score's variance over that of a uniform allocation of the
   same budget (below 1: adaptive rounds helped).
+- SEq, SEs: the standard error's between-question part (another draw of questions) and within-question
+  sampling part (shrinks with more samples), lrm_fast/eval_variance.py; k*: samples per problem that
+  would bring the sampling variance to 10% of the between part ("-": no spread between questions).
 - greedy: greedy accuracy; flips: +a/-b, problems that greedy gets right while most samples are wrong,
   and wrong while most samples are right.
 
@@ -34,7 +37,7 @@ def report_ks(k_max: int) -> list[int]:
 def format_table(summaries: dict[str, dict]) -> str:
     """One aligned text row per benchmark under a header row."""
     header = ["benchmark", "problems", "samples", "rounds", "avg@k", "+-SE", "CI", "pass@k", "maj@k"]
-    header += ["uncertain", "var", "var/unif", "greedy", "flips", "stop"]
+    header += ["uncertain", "var", "var/unif", "SEq", "SEs", "k*", "greedy", "flips", "stop"]
     rows = [header] + [_row(name, summary) for name, summary in summaries.items()]
     widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
@@ -43,7 +46,7 @@ def format_table(summaries: dict[str, dict]) -> str:
 
 def _row(name: str, s: dict) -> list[str]:
     pass_at_k = " ".join(f"@{k} {100 * s['pass_at_k'][k - 1]:.1f}" for k in report_ks(len(s["pass_at_k"])))
-    greedy = s["greedy"]
+    greedy, split = s["greedy"], s["variance_decomposition"]
     flips = (
         f"+{greedy['right_where_sampled_wrong']}/-{greedy['wrong_where_sampled_right']}" if greedy else "-"
     )
@@ -60,6 +63,9 @@ def _row(name: str, s: dict) -> list[str]:
         f"{100 * s['uncertain_share']:.1f}%",
         f"{100 * s['uncertain_variance_share']:.1f}%",
         "-" if s["variance_ratio_vs_uniform"] is None else f"{s['variance_ratio_vs_uniform']:.2f}",
+        f"{100 * split['between_variance'] ** 0.5:.2f}",
+        f"{100 * split['within_variance'] ** 0.5:.2f}",
+        "-" if split["samples_for_negligible"] is None else str(split["samples_for_negligible"]),
         f"{100 * greedy['accuracy']:.1f}" if greedy else "-",
         flips,
         str(s["stop_reason"]),

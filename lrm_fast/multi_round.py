@@ -45,6 +45,7 @@ from transformers import DynamicCache
 
 from lrm_fast.data import PromptExample
 from lrm_fast.eval_stats import AdaptiveState, maj_at_k_curve, pass_at_k_curve, uncertain_mask, variance_share
+from lrm_fast.eval_variance import decompose_variance, effective_samples
 from lrm_fast.grader import extract_boxed, grade_batch
 from lrm_fast.rollout import RolloutBackend, SamplingParams
 from lrm_fast.rollout.hf import _left_pad
@@ -432,6 +433,11 @@ def summarize(entry: dict, settings: EvalSettings) -> dict:
         ),
         "uncertain_variance_share": variance_share(n, c, settings.uncertain_lo, settings.uncertain_hi),
         **variance_ratios(rounds),
+        # Between- and within-question parts of the variance (eval_variance); the within part is that of
+        # the adaptive estimator, beside what a uniform spread of the same samples would give.
+        "variance_decomposition": decompose_variance(
+            n, c, settings.uncertain_lo, settings.uncertain_hi, effective_n=effective_samples(rounds)
+        ).as_dict(),
         "mean_length": float(np.mean(lengths)),
         "truncated_share": float(
             np.mean([not s["finished"] for p in entry["problems"] for s in p["samples"]])
