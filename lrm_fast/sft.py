@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Part of the cache key: bump it when the task format, tokenizer or training code changes what a
 cold start contains, so that old caches are not reused."""
 

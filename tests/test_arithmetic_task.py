@@ -183,7 +183,7 @@ def test_teacher_slips_change_one_step_and_carry_the_error_to_the_answer():
         assert steps[-1].rsplit("=", 1)[1] == t.answer
 
 
-def test_teacher_checks_are_true_inverse_steps_that_vary_lengths():
+def test_teacher_checks_repeat_true_steps_and_vary_lengths():
     rng = random.Random(2)
     problems = generate_problems(500, split="train", seed=5, settings=ArithmeticSettings())
     taught = [teacher_solution(p, rng, check_prob=0.5) for p in problems]

@@ -30,7 +30,7 @@ operations); they serve as the offline solution bank of offline sample injection
 ``teacher_solution`` writes a solution the way the SFT cold start's teacher does, standing in for the
 study's R1-distilled starting point: imperfect (with probability ``slip_prob`` one step's result is off
 by one digit, and the error carries through to a wrong answer) and verbose (after each step, with
-probability ``check_prob``, a check by the inverse operation, ``3*4=12,4*3=12`` or ``9-5=4,4+5=9``).
+probability ``check_prob``, the step computed again, ``3*4=12,4*3=12`` or ``9-5=4,9-5=4``).
 The slips give the cold start errors that reinforcement learning can remove; the checks make correct
 responses to the same problem differ in length, which the relative length reward acts on.
 """
@@ -183,12 +183,12 @@ def _slip(value: int, rng: random.Random) -> int:
 
 
 def _check(a: int, operator: str, b: int, value: int) -> str:
-    """The inverse operation of a step (no division: a product is checked by swapping its factors)."""
-    if operator == "+":
-        return f"{value}-{b}={a}"
+    """A step computed again: sums and products with the operands swapped, differences as they were.
+
+    The check ends with the step's own value, so the next step goes on from the last number written."""
     if operator == "-":
-        return f"{value}+{b}={a}"
-    return f"{b}*{a}={value}"
+        return f"{a}-{b}={value}"
+    return f"{b}{operator}{a}={value}"
 
 
 def format_solution(steps: list[str], answer: str) -> str:
