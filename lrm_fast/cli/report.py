@@ -1,0 +1,42 @@
+"""`lrm-fast-report`: compare the configurations of `lrm-fast-train` runs over seeds (lrm_fast/report.py).
+
+    lrm-fast-report multirun/2026-11-27/10-00-00
+    lrm-fast-report multirun/DATE/TIME_A multirun/DATE/TIME_B outputs/DATE/TIME --out docs/sweeps/regimes
+
+Prints the Markdown table and writes report.md, report.json, training_curves.png, pass_at_k.png and
+response_length.png to --out (default: FIRST_PATH/report).
+"""
+
+import argparse
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lrm-fast-report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="Hydra multirun directories or run directories")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: FIRST_PATH/report)"
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="moving-average window of the training curves, in steps (default: 5%% of the steps)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # matplotlib (pulled in by the report module) only after the arguments are known to be valid
+    from lrm_fast.report import PLOT_NAMES, build_report, format_table
+
+    out_dir = args.out or args.paths[0] / "report"
+    report = build_report(args.paths, out_dir, window=args.window)
+    print(format_table(report))
+    for name in ("report.md", "report.json", *PLOT_NAMES):
+        print(f"wrote {out_dir / name}")
+
+
+if __name__ == "__main__":
+    main()
