@@ -85,14 +85,14 @@ run_stage kernel_check 60 "$PY" -m lrm_fast.kernel_check
 run_stage tests 75 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider
 
 # Benchmarks, one pytest per suite so that a suite that fails or runs out of time keeps the others' JSON.
-# The GRPO loss first: it carries DESIGN's performance target.
+# The GRPO loss first: it carries DESIGN's performance target; then the fused LM head + loss.
 if ((DRY_RUN)); then
   run_stage bench_once 120 "$PY" -m pytest benchmarks -k cpu --benchmark-disable -q -p no:cacheprovider
   SELECT=(-k cpu)
 else
   SELECT=(-m gpu)
 fi
-for suite in grpo_loss:130 token_logprobs:80 group_advantages:30; do
+for suite in grpo_loss:130 fused_head:90 token_logprobs:80 group_advantages:30; do
   op=${suite%%:*}
   rm -f "$OUT_DIR/bench_$op.json"
   run_stage "bench_$op" "${suite##*:}" "$PY" -m pytest "benchmarks/bench_$op.py" "${SELECT[@]}" -q \
@@ -107,6 +107,6 @@ if [[ -f $SCRATCH/kernel_check.log ]]; then
   cat "$SCRATCH/kernel_check.log"
 fi
 echo
-"$PY" -m benchmarks.report --copy "$OUT_DIR/copy.json" "$OUT_DIR"/bench_{grpo_loss,token_logprobs,group_advantages}.json \
+"$PY" -m benchmarks.report --copy "$OUT_DIR/copy.json" "$OUT_DIR"/bench_{grpo_loss,fused_head,token_logprobs,group_advantages}.json \
   | tee "$OUT_DIR/table.txt"
 rm -rf "$SCRATCH"

@@ -6,8 +6,9 @@ memory-frugal torch backend.
 """
 
 from .advantages import group_advantages
+from .fused_head import grpo_loss_from_hidden
 from .grpo_loss import grpo_loss
 from .logprobs import token_logprobs
 from .reference import GroupAdvantages
 
-__all__ = ["GroupAdvantages", "group_advantages", "grpo_loss", "token_logprobs"]
+__all__ = ["GroupAdvantages", "group_advantages", "grpo_loss", "grpo_loss_from_hidden", "token_logprobs"]

@@ -30,14 +30,19 @@ def check_logits(logits: torch.Tensor, backend: str) -> None:
         raise ValueError("logits has an empty vocabulary dimension (V = 0)")
 
 
-def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
-    n, vocab = logits.shape
+def check_targets(
+    targets: torch.Tensor, logits: torch.Tensor, vocab: int | None = None, against="logits"
+) -> None:
+    """Targets [N] with ids in [0, V): N from `logits` (or another [N, ...] tensor named by `against`),
+    V from its second dimension unless `vocab` gives it."""
+    n = logits.shape[0]
+    vocab = logits.shape[1] if vocab is None else vocab
     if targets.dim() != 1 or targets.shape[0] != n:
-        raise ValueError(f"targets must have shape [{n}] to match logits, got {tuple(targets.shape)}")
+        raise ValueError(f"targets must have shape [{n}] to match {against}, got {tuple(targets.shape)}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise ValueError(f"targets must be an integer tensor, got {targets.dtype}")
     if targets.device != logits.device:
-        raise ValueError(f"targets is on {targets.device} but logits is on {logits.device}")
+        raise ValueError(f"targets is on {targets.device} but {against} is on {logits.device}")
     if n and not torch.compiler.is_compiling():
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= vocab:
@@ -46,7 +51,11 @@ def check_targets(targets: torch.Tensor, logits: torch.Tensor) -> None:
 
 
 def check_vector(
-    name: str, tensor: torch.Tensor | None, logits: torch.Tensor, optional: bool = False
+    name: str,
+    tensor: torch.Tensor | None,
+    logits: torch.Tensor,
+    optional: bool = False,
+    against: str = "logits",
 ) -> None:
     if tensor is None:
         if optional:
@@ -54,11 +63,33 @@ def check_vector(
         raise ValueError(f"{name} is required")
     n = logits.shape[0]
     if tensor.dim() != 1 or tensor.shape[0] != n:
-        raise ValueError(f"{name} must have shape [{n}] to match logits, got {tuple(tensor.shape)}")
+        raise ValueError(f"{name} must have shape [{n}] to match {against}, got {tuple(tensor.shape)}")
     if not tensor.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating tensor, got {tensor.dtype}")
     if tensor.device != logits.device:
-        raise ValueError(f"{name} is on {tensor.device} but logits is on {logits.device}")
+        raise ValueError(f"{name} is on {tensor.device} but {against} is on {logits.device}")
+
+
+def check_hidden_and_weight(hidden: torch.Tensor, weight: torch.Tensor, backend: str) -> None:
+    """hidden [N, H] and the LM head's weight [V, H]: same floating dtype, same device."""
+    for name, tensor in (("hidden", hidden), ("weight", weight)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() != 2:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise ValueError(f"{name} must be a 2-D tensor ([N, H] / [V, H]), got {shape}")
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{name} must be a floating tensor (fp32/bf16/fp16), got {tensor.dtype}")
+        if backend == "triton" and tensor.dtype == torch.float64:
+            raise ValueError(f"{name}: float64 is not supported by the triton backend; use backend='torch'")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight has dtype {weight.dtype} but hidden has {hidden.dtype}; cast one of them")
+    if weight.device != hidden.device:
+        raise ValueError(f"weight is on {weight.device} but hidden is on {hidden.device}")
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"weight must have shape [V, {hidden.shape[1]}] to match hidden, got {tuple(weight.shape)}"
+        )
+    if weight.shape[0] == 0:
+        raise ValueError("weight has an empty vocabulary dimension (V = 0)")
 
 
 def check_positive(name: str, value: float) -> None:

@@ -31,9 +31,14 @@ def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
 _MASKED_LOGP = -1e30
 
 
-def _log_softmax_chunk(logits_chunk: torch.Tensor, temperature: float, lse: torch.Tensor | None = None):
-    """One upcast fp32 (or fp64) chunk of log softmax(logits / T), and its logsumexp [n]."""
-    z = logits_chunk.to(_compute_dtype(logits_chunk), copy=True).mul_(1.0 / temperature)
+def _log_softmax_chunk(
+    logits_chunk: torch.Tensor, temperature: float, lse: torch.Tensor | None = None, overwrite: bool = False
+):
+    """One upcast fp32 (or fp64) chunk of log softmax(logits / T), and its logsumexp [n]. With `overwrite`,
+    an fp32 (fp64) chunk is turned into it in place instead of copied."""
+    dtype = _compute_dtype(logits_chunk)
+    z = logits_chunk if overwrite and logits_chunk.dtype == dtype else logits_chunk.to(dtype, copy=True)
+    z.mul_(1.0 / temperature)
     if lse is None:
         lse = torch.logsumexp(z, dim=-1)
     return z.sub_(lse.unsqueeze(-1)).clamp_(min=_MASKED_LOGP), lse
@@ -70,6 +75,28 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: 
     return logp.float() if logp.dtype != torch.float64 else logp
 
 
+def grpo_rows_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, *, temperature, **options):
+    """One chunk of rows: softmax statistics, per-token terms, and dL/dlogits written to `out`. With
+    `out is logits` the chunk also serves as scratch space: one chunk-sized temporary fewer. Returns
+    (logp, entropy, terms), [n] each in the compute dtype, like the Triton backend's function of that name."""
+    logp_all, _ = _log_softmax_chunk(logits, temperature, overwrite=out is logits)
+    probs = logp_all.exp()
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # mul + sum, not a fused dot: sum's pairwise reduction keeps fp32 entropy within 1e-6.
+    entropy = -(probs * logp_all).sum(-1)
+    terms = policy_terms(logp, entropy, old_logp, advantages, weights, ref_logp, **options)
+    dlogp = terms.dlogp.unsqueeze(-1)
+    # dz = dlogp * (onehot - p) - dH * p * (log p + H), built in place over the chunk.
+    if options["entropy_coef"]:
+        coef = logp_all.add_(entropy.unsqueeze(-1)).mul_(terms.dentropy.unsqueeze(-1)).add_(dlogp)
+        dz = probs.mul_(coef).neg_()
+    else:
+        dz = probs.mul_(-dlogp)
+    dz.scatter_add_(-1, targets.unsqueeze(-1), dlogp)
+    torch.mul(dz, 1.0 / temperature, out=out)
+    return logp, entropy, terms
+
+
 class _GRPOLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, old_logp, advantages, weights, ref_logp, options, inplace):
@@ -79,29 +106,10 @@ class _GRPOLoss(torch.autograd.Function):
         entropy = torch.empty(n, dtype=dtype, device=logits.device)
         grad = logits if inplace else torch.empty_like(logits)
         for i, j in _chunks(n, vocab):
-            targets_chunk = targets[i:j].unsqueeze(-1)
-            logp_all, _ = _log_softmax_chunk(logits[i:j], options["temperature"])
-            probs = logp_all.exp()
-            logp[i:j] = logp_all.gather(-1, targets_chunk).squeeze(-1)
-            # mul + sum, not a fused dot: sum's pairwise reduction keeps fp32 entropy within 1e-6.
-            entropy[i:j] = -(probs * logp_all).sum(-1)
-            terms = policy_terms(
-                logp[i:j],
-                entropy[i:j],
-                *(_slice(t, i, j) for t in (old_logp, advantages, weights, ref_logp)),
-                **_term_options(options),
-            )
-            dlogp = terms.dlogp.unsqueeze(-1)
-            # dz = dlogp * (onehot - p) - dH * p * (log p + H), built in place over the chunk.
-            if options["entropy_coef"]:
-                coef = (
-                    logp_all.add_(entropy[i:j].unsqueeze(-1)).mul_(terms.dentropy.unsqueeze(-1)).add_(dlogp)
-                )
-                dz = probs.mul_(coef).neg_()
-            else:
-                dz = probs.mul_(-dlogp)
-            dz.scatter_add_(-1, targets_chunk, dlogp)
-            torch.mul(dz, 1.0 / options["temperature"], out=grad[i:j])
+            vectors = (_slice(t, i, j) for t in (targets, old_logp, advantages, weights, ref_logp))
+            chunk = logits[i:j]
+            out = chunk if inplace else grad[i:j]
+            logp[i:j], entropy[i:j], _ = grpo_rows_fwd(chunk, *vectors, out, **options)
         terms = policy_terms(logp, entropy, old_logp, advantages, weights, ref_logp, **_term_options(options))
         ctx.grad = grad
         stats = [terms.stats[name] for name in STAT_NAMES]

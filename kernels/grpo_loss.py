@@ -26,8 +26,11 @@ from .policy_terms import STAT_NAMES, policy_terms
 from .softmax_rows import scale_, softmax_grad, softmax_stats_fwd
 
 
-def grpo_loss_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, *, temperature, **options):
-    """Launch both passes; the gradient goes to `out` (may be `logits`). Returns (loss, stats [6])."""
+def grpo_rows_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, *, temperature, **options):
+    """Both passes over rows of logits; the gradient goes to `out` (may be `logits`).
+
+    Returns (logp, entropy, terms): [N] fp32 log-probs and entropies, and the per-token PolicyTerms.
+    """
     logp, lse, entropy = softmax_stats_fwd(logits, targets, temperature, with_entropy=True)
     terms = policy_terms(logp, entropy, old_logp, advantages, weights, ref_logp, **options)
     with_entropy = options["entropy_coef"] != 0
@@ -40,6 +43,14 @@ def grpo_loss_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out,
         out,
         entropy=entropy if with_entropy else None,
         dentropy=terms.dentropy.contiguous() if with_entropy else None,
+    )
+    return logp, entropy, terms
+
+
+def grpo_loss_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, *, temperature, **options):
+    """Launch both passes; the gradient goes to `out` (may be `logits`). Returns (loss, stats [6])."""
+    _, _, terms = grpo_rows_fwd(
+        logits, targets, old_logp, advantages, weights, ref_logp, out, temperature=temperature, **options
     )
     return terms.loss, torch.stack([terms.stats[name] for name in STAT_NAMES])
 
@@ -184,18 +195,16 @@ def grpo_loss(
     """
     backend = resolve_backend(backend, logits)
     _check_inputs(logits, targets, old_logprobs, advantages, weights, ref_logprobs, backend)
-    _check_options(temperature, clip_low, clip_high, dual_clip, positive_weight, negative_weight, kl_coef)
-    if kl_coef and ref_logprobs is None:
-        raise ValueError("ref_logprobs is required when kl_coef > 0")
-    options = dict(
-        temperature=float(temperature),
-        clip_low=float(clip_low),
-        clip_high=float(clip_high),
-        dual_clip=None if dual_clip is None else float(dual_clip),
-        positive_weight=float(positive_weight),
-        negative_weight=float(negative_weight),
-        kl_coef=float(kl_coef),
-        entropy_coef=float(entropy_coef),
+    options = loss_options(
+        temperature=temperature,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        positive_weight=positive_weight,
+        negative_weight=negative_weight,
+        kl_coef=kl_coef,
+        entropy_coef=entropy_coef,
+        ref_logprobs=ref_logprobs,
     )
     targets = targets.long()
     if logits.shape[0] == 0:
@@ -236,7 +245,19 @@ def _check_inputs(logits, targets, old_logprobs, advantages, weights, ref_logpro
     check_vector("ref_logprobs", ref_logprobs, logits, optional=True)
 
 
-def _check_options(temperature, clip_low, clip_high, dual_clip, positive_weight, negative_weight, kl_coef):
+def loss_options(
+    *,
+    temperature,
+    clip_low,
+    clip_high,
+    dual_clip,
+    positive_weight,
+    negative_weight,
+    kl_coef,
+    entropy_coef,
+    ref_logprobs,
+) -> dict:
+    """The scalar options of grpo_loss, checked and as plain floats (shared with grpo_loss_from_hidden)."""
     check_positive("temperature", temperature)
     for name, value in (("clip_low", clip_low), ("clip_high", clip_high), ("kl_coef", kl_coef)):
         if not value >= 0:
@@ -248,3 +269,15 @@ def _check_options(temperature, clip_low, clip_high, dual_clip, positive_weight,
     for name, value in (("positive_weight", positive_weight), ("negative_weight", negative_weight)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0 (0 drops those tokens), got {value}")
+    if kl_coef and ref_logprobs is None:
+        raise ValueError("ref_logprobs is required when kl_coef > 0")
+    return dict(
+        temperature=float(temperature),
+        clip_low=float(clip_low),
+        clip_high=float(clip_high),
+        dual_clip=None if dual_clip is None else float(dual_clip),
+        positive_weight=float(positive_weight),
+        negative_weight=float(negative_weight),
+        kl_coef=float(kl_coef),
+        entropy_coef=float(entropy_coef),
+    )

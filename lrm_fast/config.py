@@ -110,6 +110,10 @@ class LossConfig:
     kl_coef: float = 0.0  # study: 0.001 (k3 estimator); > 0 keeps a frozen reference model
     entropy_coef: float = 0.0  # study's scripts: 0.001
     backend: str = "auto"  # "auto" (triton on CUDA, torch otherwise), "triton" or "torch"
+    # Loss from the final hidden states and the LM head's weight (kernels.grpo_loss_from_hidden), in chunks
+    # of tokens: the [N, V] logits and their gradient never exist. Same loss and gradients; pays off when
+    # N * V dominates memory (long responses, 128k-152k vocabularies), not at the tiny default.
+    fused_head: bool = False
     micro_batch_tokens: int = 8192  # token budget (prompt + response) of one forward/backward
 
 

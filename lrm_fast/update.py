@@ -13,7 +13,7 @@ import torch
 from lrm_fast.batch import MicroBatch
 from lrm_fast.config import LossConfig
 from lrm_fast.distributed import all_reduce, gradient_scale
-from lrm_fast.kernels import grpo_loss, token_logprobs
+from lrm_fast.kernels import grpo_loss, grpo_loss_from_hidden, token_logprobs
 
 SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy")
 
@@ -32,6 +32,24 @@ def response_logits(model, batch: MicroBatch) -> torch.Tensor:
     return logits[batch.row, batch.position]
 
 
+def response_hidden(model, batch: MicroBatch) -> torch.Tensor:
+    """[N, H] final hidden states (after the last norm) at the positions that predict the response tokens.
+
+    Through the root model's forward, not model.model(...): FSDP2's hooks on the root gather the
+    embeddings, final norm and head before it and reduce their gradients after backward. logits_to_keep=1
+    limits the head to one position per row. (An empty selection would save even that, but on CPU it
+    made later Triton-interpreter calls fail now and then with "vector::reserve"; cause not pinned down.)
+    """
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    return out.hidden_states[-1][batch.row, batch.position]
+
+
 def micro_batch_loss(
     model,
     ref_model,
@@ -44,6 +62,8 @@ def micro_batch_loss(
 
     With `shaping_gamma`, tokens of injected responses leave the clipped loss (and its KL, entropy and
     stats) for LUFFY's shaped term -A * p / (p + gamma), p = pi(token), unclipped (PAPER.md §5).
+    With `loss_cfg.fused_head` the loss comes from the final hidden states and the head's weight
+    (grpo_loss_from_hidden): the [N, V] logits of the policy never exist.
     """
     ref_logprobs = None
     if ref_model is not None:
@@ -52,14 +72,9 @@ def micro_batch_loss(
             ref_logprobs = token_logprobs(
                 ref_logits, batch.targets, temperature=temperature, backend=loss_cfg.backend
             )
-    logits = response_logits(model, batch)
     shaped = batch.injected if shaping_gamma is not None else torch.zeros_like(batch.injected)
-    loss, stats = grpo_loss(
-        logits,
-        batch.targets,
-        None,
-        batch.advantages,
-        batch.weights.masked_fill(shaped, 0.0),
+    args = (batch.targets, None, batch.advantages, batch.weights.masked_fill(shaped, 0.0))
+    options = dict(
         temperature=temperature,
         clip_low=loss_cfg.clip_low,
         clip_high=loss_cfg.clip_high,
@@ -69,16 +84,31 @@ def micro_batch_loss(
         entropy_coef=loss_cfg.entropy_coef,
         backend=loss_cfg.backend,
     )
-    if shaped.any():
-        shaping = shaped_injection_loss(logits, batch, shaped, temperature, shaping_gamma, loss_cfg.backend)
+    has_shaped = bool(shaped.any())
+    if loss_cfg.fused_head:
+        hidden = response_hidden(model, batch)
+        weight = model.lm_head.weight  # tied to the embeddings: autograd adds both of its gradients
+        loss, stats = grpo_loss_from_hidden(hidden, weight, *args, **options)
+        shaped_logits = hidden[shaped] @ weight.T if has_shaped else None
+    else:
+        logits = response_logits(model, batch)
+        loss, stats = grpo_loss(logits, *args, **options)
+        shaped_logits = logits[shaped] if has_shaped else None
+    if has_shaped:
+        shaping = shaped_injection_loss(
+            shaped_logits, batch, shaped, temperature, shaping_gamma, loss_cfg.backend
+        )
         loss = loss + shaping
     return loss, stats
 
 
-def shaped_injection_loss(logits, batch: MicroBatch, shaped, temperature, gamma, backend) -> torch.Tensor:
-    """sum_t w_t * -A_t * p_t / (p_t + gamma) over the `shaped` tokens: LUFFY's policy shaping,
-    which keeps learning from low-probability off-policy tokens (the gradient is largest near p = gamma)."""
-    p = token_logprobs(logits[shaped], batch.targets[shaped], temperature=temperature, backend=backend).exp()
+def shaped_injection_loss(
+    shaped_logits, batch: MicroBatch, shaped, temperature, gamma, backend
+) -> torch.Tensor:
+    """sum_t w_t * -A_t * p_t / (p_t + gamma) over the `shaped` tokens, from their logits [n_shaped, V]:
+    LUFFY's policy shaping, which keeps learning from low-probability off-policy tokens (the gradient is
+    largest near p = gamma)."""
+    p = token_logprobs(shaped_logits, batch.targets[shaped], temperature=temperature, backend=backend).exp()
     return (batch.weights[shaped] * -batch.advantages[shaped] * p / (p + gamma)).sum()
 
 

@@ -13,11 +13,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LOSS = LossConfig(kl_coef=0.0, entropy_coef=0.01, backend="torch")
 
 
-def _loss_and_grad(model, batches):
+def _loss_and_grad(model, batches, loss_cfg=LOSS, shaping_gamma=None):
     model.zero_grad(set_to_none=True)
     total = 0.0
     for batch in batches:
-        loss, _ = micro_batch_loss(model, None, batch, LOSS, temperature=0.9)
+        loss, _ = micro_batch_loss(model, None, batch, loss_cfg, temperature=0.9, shaping_gamma=shaping_gamma)
         loss.backward()
         total += loss.item()
     return total, flat_grad(model)
@@ -35,6 +35,19 @@ def test_micro_batches_match_the_whole_batch(aggregation, token_budget):
     loss_split, grad_split = _loss_and_grad(model, split)
     assert loss_split == pytest.approx(loss_whole, rel=1e-5, abs=1e-7)
     torch.testing.assert_close(grad_split, grad_whole, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("shaping_gamma", [None, 0.1], ids=["plain", "luffy"])
+def test_micro_batches_fused_head_matches_the_logits_path(shaping_gamma):
+    model = tiny_model()
+    samples = synthetic_samples(num_groups=6, group_size=4)
+    samples[1].injected = samples[6].injected = True
+    batches = prepared_batches(samples, 4, "token_mean", token_budget=40)
+    loss, grad = _loss_and_grad(model, batches, shaping_gamma=shaping_gamma)
+    fused = LossConfig(kl_coef=0.0, entropy_coef=0.01, backend="torch", fused_head=True)
+    fused_loss, fused_grad = _loss_and_grad(model, batches, fused, shaping_gamma)
+    assert fused_loss == pytest.approx(loss, rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(fused_grad, grad, rtol=1e-4, atol=1e-7)
 
 
 def test_token_mean_weights_every_token_equally():

@@ -106,13 +106,16 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(env, tmp_path):
 @pytest.mark.slow
 def test_torch_and_triton_loss_backends_give_the_same_run(env, tmp_path):
     runs = {}
-    for backend in ("torch", "triton"):
-        result = _train([f"loss.backend={backend}", f"hydra.run.dir={tmp_path}/{backend}"], env, tmp_path)
+    variants = {"torch": ["loss.backend=torch"], "triton": ["loss.backend=triton"]}
+    variants["fused_head"] = ["loss.backend=torch", "loss.fused_head=true"]
+    for name, args in variants.items():
+        result = _train([*args, f"hydra.run.dir={tmp_path}/{name}"], env, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
-        runs[backend] = _metrics(tmp_path / backend)
-    for torch_row, triton_row in zip(runs["torch"], runs["triton"], strict=True):
-        for key in DETERMINISTIC_KEYS:
-            assert triton_row[key] == pytest.approx(torch_row[key], rel=1e-4, abs=1e-6), key
+        runs[name] = _metrics(tmp_path / name)
+    for other in ("triton", "fused_head"):
+        for torch_row, other_row in zip(runs["torch"], runs[other], strict=True):
+            for key in DETERMINISTIC_KEYS:
+                assert other_row[key] == pytest.approx(torch_row[key], rel=1e-4, abs=1e-6), (other, key)
 
 
 @pytest.mark.slow

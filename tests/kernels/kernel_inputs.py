@@ -41,3 +41,33 @@ def assert_close_to_oracle(x: torch.Tensor, oracle: torch.Tensor, native_low_pre
     else:
         ours, torch_own = rel_err(x, oracle), rel_err(native_low_precision, oracle)
         assert ours <= 2 * torch_own + 1e-6, (ours, torch_own)
+
+
+def head_inputs(
+    n: int, hidden_size: int, vocab: int, dtype: torch.dtype = torch.float32, seed: int = 0, device="cpu"
+):
+    """Hidden states, an LM-head weight and the per-token vectors of grpo_loss for logits = hidden @ W.T.
+
+    Logits come out with a standard deviation of about 2, like loss_inputs'; old and reference log-probs
+    are the float64 current ones plus noise, so the ratios land on both sides of the clip range. The same
+    seed gives the same values on every device (drawn on the CPU).
+    """
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, hidden_size, generator=g)
+    weight = torch.randn(vocab, hidden_size, generator=g) * (2 / hidden_size**0.5)
+    hidden, weight = hidden.to(device, dtype), weight.to(device, dtype)
+    targets = torch.randint(0, vocab, (n,), generator=g).to(device)
+    # In chunks of tokens: the memory test's shape would need 1 GB for the logits at once.
+    logp = torch.cat(
+        [
+            reference.token_logprobs(h.double() @ weight.double().T, t).float()
+            for h, t in zip(hidden.split(256), targets.split(256), strict=True)
+        ]
+    )
+    old = logp + 0.3 * torch.randn(n, generator=g).to(device)
+    advantages = torch.randn(n, generator=g)
+    advantages[torch.rand(n, generator=g) < 0.15] = 0.0
+    weights = torch.rand(n, generator=g) / max(n, 1)
+    weights[torch.rand(n, generator=g) < 0.15] = 0.0
+    ref = logp + 0.2 * torch.randn(n, generator=g).to(device)
+    return hidden, weight, targets, old, advantages.to(device), weights.to(device), ref

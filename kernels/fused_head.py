@@ -1,0 +1,188 @@
+"""grpo_loss_from_hidden: the GRPO loss of `hidden @ weight.T`, chunked so that the [N, V] logits never exist.
+
+Same math, options and stats as `grpo_loss` (grpo_loss.py) on logits = hidden @ weight.T, the LM head
+applied to the final hidden states. The per-token terms need global quantities only through `weights`
+(already globally normalised), so splitting the tokens into chunks is exact. Per chunk of c kept tokens:
+
+    logits = h @ W.T                        [c, V], the inputs' dtype (bf16 matmul, fp32 accumulation)
+    dlogits = d loss / d logits             the backend's row passes, written over the logits chunk
+    grad_hidden[rows] = dlogits @ W         [c, H]
+    grad_W += dlogits.T @ h                 [V, H], accumulated in fp32
+
+so the gradient is complete when the forward returns and backward only scales it (no recompute). Tokens
+whose weight (or sign weight) is 0 are dropped before the head matmul: their loss and gradient are 0.
+
+Row passes: the torch backend's chunk math (chunked.py; one upcast fp32 copy of the chunk and its
+softmax) or the Triton passes (softmax_rows.py; two reads and one in-place write of the chunk).
+Memory: one chunk of logits and its temporaries, grad_hidden [N, H] and a fp32 [V, H] accumulator,
+instead of the [N, V] logits and their gradient. For bf16 weights the accumulator is twice the weight's
+size, plus one bf16 [V, H] product per chunk: weight-sized buffers, independent of N.
+Compute: 3 matmuls of 2*c*V*H flops per chunk (logits, grad_hidden, grad_W), as the unfused head's
+forward and backward; no recompute. The kept-token count costs one host sync per call.
+"""
+
+import torch
+
+from . import chunked
+from .checks import check_hidden_and_weight, check_targets, check_vector, resolve_backend
+from .grpo_loss import grpo_rows_fwd, loss_options
+from .policy_terms import STAT_NAMES, policy_terms
+from .softmax_rows import scale_
+
+# Per backend, the row passes that turn a chunk of logits into its gradient (and logp, entropy).
+ROW_PASSES = {"torch": chunked.grpo_rows_fwd, "triton": grpo_rows_fwd}
+
+# Logits elements per chunk when chunk_size is None. torch: the chunk math holds three fp32 chunks at
+# once (16 MiB each, 131 rows at V=32000); more rows speed the CPU matmuls up only a little. triton: rows
+# enough for the GPU's matmuls to run at full rate (e.g. 883 rows at V=151936: a 256 MiB bf16 chunk).
+CHUNK_ELEMENTS = {"torch": 1 << 22, "triton": 1 << 27}
+
+
+def _kept_rows(advantages, weights, options) -> torch.Tensor | None:
+    """Indices of the tokens with a nonzero loss scale (weights * sign weight), or None for all of them."""
+    keep = weights != 0
+    if options["positive_weight"] == 0:
+        keep &= ~(advantages > 0)
+    if options["negative_weight"] == 0:
+        keep &= ~(advantages < 0)
+    kept = keep.nonzero().squeeze(1)  # a host sync, once per call: the chunk loop needs the count
+    return None if kept.numel() == keep.numel() else kept
+
+
+def grpo_loss_from_hidden_fwd(hidden, weight, targets, vectors, options, *, rows, backend, needs_grad):
+    """Loss, stats [6] and (grad_hidden, grad_weight), each None where `needs_grad` says so.
+
+    `vectors` are (old_logp, advantages, weights, ref_logp), [N] or None.
+    """
+    kept = _kept_rows(vectors[1], vectors[2], options)
+    if kept is not None:
+        targets = targets[kept]
+        vectors = tuple(None if t is None else t[kept] for t in vectors)
+    n_kept = targets.shape[0]
+    rows_fwd = ROW_PASSES[backend]
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    logp, entropy = (torch.empty(n_kept, dtype=dtype, device=hidden.device) for _ in range(2))
+    grad_hidden = torch.zeros_like(hidden) if needs_grad[0] else None
+    grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_grad[1] else None
+    term_options = {k: v for k, v in options.items() if k != "temperature"}
+    for i in range(0, n_kept, rows):
+        j = min(i + rows, n_kept)
+        index = slice(i, j) if kept is None else kept[i:j]
+        h = hidden[index]  # [c, H]
+        logits = h @ weight.T  # [c, V]; the row passes overwrite it with its gradient
+        chunk = (targets[i:j], *(None if t is None else t[i:j] for t in vectors))
+        logp[i:j], entropy[i:j], _ = rows_fwd(
+            logits, *chunk, logits, temperature=options["temperature"], **term_options
+        )
+        if grad_hidden is not None:
+            grad_hidden[index] = logits @ weight
+        if grad_weight is None:
+            continue
+        if logits.dtype == dtype:
+            grad_weight.addmm_(logits.T, h)
+        else:  # bf16 / fp16: the matmul in that dtype, the sum over chunks in fp32
+            grad_weight += logits.T @ h
+    terms = policy_terms(logp, entropy, *vectors, **term_options)
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    stats = torch.stack([terms.stats[name] for name in STAT_NAMES])
+    return terms.loss, stats, (grad_hidden, grad_weight)
+
+
+class _GRPOLossFromHidden(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, hidden, weight, targets, old_logp, advantages, weights, ref_logp, options, rows, backend
+    ):
+        vectors = (old_logp, advantages, weights, ref_logp)
+        needs_grad = ctx.needs_input_grad[:2]
+        loss, stats, ctx.grads = grpo_loss_from_hidden_fwd(
+            hidden, weight, targets, vectors, options, rows=rows, backend=backend, needs_grad=needs_grad
+        )
+        ctx.backend = backend
+        ctx.mark_non_differentiable(stats)
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_stats):
+        if ctx.grads is None:
+            raise RuntimeError("grpo_loss_from_hidden: backward ran twice; its gradients are scaled in place")
+        grads, ctx.grads = ctx.grads, None
+        # Triton's scale_ reads grad_loss on the device and skips the pass when it is 1 (no host sync).
+        scale = scale_ if ctx.backend == "triton" else lambda g, s: g.mul_(s.to(g.dtype))
+        grad_hidden, grad_weight = (None if g is None else scale(g, grad_loss.float()) for g in grads)
+        return grad_hidden, grad_weight, *[None] * 8
+
+
+def grpo_loss_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    positive_weight: float = 1.0,
+    negative_weight: float = 1.0,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    entropy_coef: float = 0.0,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """grpo_loss(hidden @ weight.T, ...) without the [N, V] logits (see the module docstring).
+
+    Args:
+        hidden: [N, H] final hidden states (after the last norm) at the positions that predict the
+            targets; fp32 / bf16 / fp16 (fp64 on the torch backend).
+        weight: [V, H] the LM head's weight (for tied embeddings, the embedding matrix), hidden's dtype.
+        targets, old_logprobs, advantages, weights, temperature, clip_low, clip_high, dual_clip,
+        positive_weight, negative_weight, ref_logprobs, kl_coef, entropy_coef: as in `grpo_loss`.
+        chunk_size: kept tokens per chunk (one chunk of [chunk_size, V] logits exists at a time); None
+            picks about 4M logits on the torch backend and 128M on triton.
+        backend: "auto" (triton for CUDA tensors, torch otherwise), "triton" or "torch": which row passes
+            turn each chunk of logits into its gradient. The matmuls are torch's either way.
+
+    Returns:
+        (loss, stats) as `grpo_loss`; the loss is differentiable in `hidden` and `weight`. Backward may
+        run once: the gradients were computed in the forward and are scaled in place.
+    """
+    backend = resolve_backend(backend, hidden)
+    check_hidden_and_weight(hidden, weight, backend)
+    check_targets(targets, hidden, vocab=weight.shape[0], against="hidden")
+    for name, vector in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs)):
+        check_vector(name, vector, hidden, optional=True, against="hidden")
+    for name, vector in (("advantages", advantages), ("weights", weights)):
+        check_vector(name, vector, hidden, against="hidden")
+    options = loss_options(
+        temperature=temperature,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        positive_weight=positive_weight,
+        negative_weight=negative_weight,
+        kl_coef=kl_coef,
+        entropy_coef=entropy_coef,
+        ref_logprobs=ref_logprobs,
+    )
+    if chunk_size is None:
+        chunk_size = max(1, CHUNK_ELEMENTS[backend] // weight.shape[0])
+    elif not (isinstance(chunk_size, int) and chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive int (or None), got {chunk_size!r}")
+    loss, stats = _GRPOLossFromHidden.apply(
+        hidden,
+        weight,
+        targets.long().contiguous(),  # the Triton row passes index it as a flat array
+        old_logprobs,
+        advantages,
+        weights,
+        ref_logprobs,
+        options,
+        chunk_size,
+        backend,
+    )
+    return loss, dict(zip(STAT_NAMES, stats.unbind(), strict=True))
