@@ -85,10 +85,10 @@ class GRPOTrainer:
         summary = {
             "cold_start_heldout_accuracy": self.state["cold_start_heldout_accuracy"],
             "final_heldout_accuracy": final,
-            "improvement_points": 100 * (final - self.state["cold_start_heldout_accuracy"]),
+            "improvement_points": round(100 * (final - self.state["cold_start_heldout_accuracy"]), 2),
             "steps": self.step_count,
             "heldout_problems": len(self.heldout_examples),
-            "wall_time_s": time.perf_counter() - start,
+            "wall_time_s": round(time.perf_counter() - start, 1),
         }
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
