@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """Part of the cache key: bump it when the task format, tokenizer or training code changes what a
 cold start contains, so that old caches are not reused."""
 
@@ -69,6 +69,9 @@ class SFTSettings:
     """Seeds the model initialisation, the problems, the teacher's solutions and the batch order."""
     slip_prob: float = 0.4
     """Share of teacher solutions with one wrong step (`teacher_solution`): the cold start's own errors."""
+    space_prob: float = 0.5
+    """Chance of a space after <think> and after each comma: correct answers of varied length that no
+    correctness depends on (the relative length reward can shorten them; a binary reward has no reason to)."""
     check_prob: float = 0.2
     """Chance of a check step after each teacher step: correct responses of varied length."""
 
@@ -224,8 +227,9 @@ def cached_cold_start(
         sft_settings.num_problems, split="train", seed=sft_settings.seed, settings=task_settings
     )
     rng = random.Random(sft_settings.seed)
-    problems = [teacher_solution(p, rng, sft_settings.slip_prob, sft_settings.check_prob) for p in problems]
-    excluded = ("num_problems", "slip_prob", "check_prob")
+    s = sft_settings
+    problems = [teacher_solution(p, rng, s.slip_prob, s.check_prob, s.space_prob) for p in problems]
+    excluded = ("num_problems", "slip_prob", "check_prob", "space_prob")
     train_args = {k: v for k, v in asdict(sft_settings).items() if k not in excluded}
     losses = run_sft(model, tokenizer, problems, log_every=log_every, **train_args)
     record = {

@@ -192,3 +192,13 @@ def test_teacher_checks_repeat_true_steps_and_vary_lengths():
     assert min(extra) == 0 and max(extra) >= 2
     assert all(_holds(step) for t in taught for step in _steps(t.solution))
     assert 0.4 < sum(extra) / sum(len(_steps(p.solution)) for p in problems) < 0.6
+
+
+def test_teacher_spaces_vary_length_and_nothing_else():
+    rng = random.Random(3)
+    problems = generate_problems(500, split="train", seed=6, settings=ArithmeticSettings())
+    taught = [teacher_solution(p, rng, space_prob=0.5) for p in problems]
+    assert all(t.solution.replace(" ", "") == p.solution for p, t in zip(problems, taught, strict=True))
+    spaces = [t.solution.count(" ") for t in taught]
+    separators = sum(p.solution.count(",") + 1 for p in problems)  # after <think> and each comma
+    assert 0.45 < sum(spaces) / separators < 0.55

@@ -30,9 +30,12 @@ operations); they serve as the offline solution bank of offline sample injection
 ``teacher_solution`` writes a solution the way the SFT cold start's teacher does, standing in for the
 study's R1-distilled starting point: imperfect (with probability ``slip_prob`` one step's result is off
 by one digit, and the error carries through to a wrong answer) and verbose (after each step, with
-probability ``check_prob``, the step computed again, ``3*4=12,4*3=12`` or ``9-5=4,9-5=4``).
-The slips give the cold start errors that reinforcement learning can remove; the checks make correct
-responses to the same problem differ in length, which the relative length reward acts on.
+probability ``check_prob``, the step computed again, ``3*4=12,4*3=12`` or ``9-5=4,9-5=4``; and with
+probability ``space_prob`` a space after ``<think>`` and after each comma). The slips give the cold start
+errors that reinforcement learning can remove; checks and spaces make correct responses to the same
+problem differ in length, which the relative length reward acts on. Spaces change no step, so a binary
+reward has no reason to remove them, whereas GRPO soon drops the checks (a repeated step is one more
+chance to slip).
 """
 
 import hashlib
@@ -151,7 +154,11 @@ def solutions(problem: Problem, k: int) -> list[str]:
 
 
 def teacher_solution(
-    problem: Problem, rng: random.Random, slip_prob: float = 0.0, check_prob: float = 0.0
+    problem: Problem,
+    rng: random.Random,
+    slip_prob: float = 0.0,
+    check_prob: float = 0.0,
+    space_prob: float = 0.0,
 ) -> Problem:
     """`problem` with the solution an imperfect, verbose teacher writes (see the module docstring);
     its `answer` is the teacher's final value, wrong after a slip."""
@@ -170,7 +177,11 @@ def teacher_solution(
         if step != slip_step and rng.random() < check_prob:
             steps.append(_check(a, operator, b, value))
     answer = str(tokens[0])
-    return Problem(problem.id, problem.problem, answer, format_solution(steps, answer))
+    # Optional spaces after <think> and after each comma: length that no correctness depends on.
+    spaced = [(" " if rng.random() < space_prob else "") + step for step in steps]
+    return Problem(
+        problem.id, problem.problem, answer, f"<think>{','.join(spaced)}</think>\\boxed{{{answer}}}"
+    )
 
 
 def _slip(value: int, rng: random.Random) -> int:
