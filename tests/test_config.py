@@ -59,9 +59,21 @@ def test_study_experiments_carry_the_paper_settings(experiment):
     assert (cfg.injection.alpha, cfg.injection.gamma) == (0.125, 0.1)
 
 
-def test_study_experiment_needs_the_model_path():
-    with pytest.raises(ValueError, match=r"model\.path is required"):
-        validate(_compose(["+experiment=baseline_8k", "data.train_path=x.jsonl"]))
+# Where each run starts without model.path: the 8k runs from the study's model in the HF cache, RLR from
+# DeepScaleR-1.5B-Preview (PAPER.md §4); later stages (None) need the previous stage's export.
+STARTING_MODEL = {"rlr_8k": "agentica-org/DeepScaleR-1.5B-Preview"} | dict.fromkeys(
+    ("continue_16k", "continue_24k", "osi_24k"), None
+)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_study_experiments_start_from_the_study_model(experiment):
+    cfg = _compose([f"+experiment={experiment}", "data.train_path=x.jsonl"])
+    expected = STARTING_MODEL.get(experiment, "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    assert (cfg.model.name, cfg.model.path) == ("pretrained", expected)
+    if expected is None:
+        with pytest.raises(ValueError, match=r"model\.path is required"):
+            validate(cfg)
 
 
 def test_default_config_is_the_embedded_task():

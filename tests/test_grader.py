@@ -103,6 +103,9 @@ def test_grade_ignores_boxes_inside_thoughts():
     assert not grade("<think>\\boxed{42}</think> I give up.", "42")
     assert grade("<think>\\boxed{41}</think> Final: \\boxed{42}", "42")
     assert not grade("<think>\\boxed{42}</think> Final: \\boxed{41}", "42")
+    # R1-Distill: the prompt opened `<think>\n`, so the response holds only the closing tag.
+    assert grade("Is it \\boxed{41}? No.\n</think>\n\nThe answer is \\(\\boxed{42}\\).", "42")
+    assert not grade("So it is \\boxed{42}.\n</think>\n\nI could not finish.", "42")
 
 
 # ------------------------------------------------------------------------------------ multiple choice
