@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared call for a lent GPU machine (H100; torch 2.11, triton 3.6, transformers, pytest and
 # pytest-benchmark there; hydra-core and math-verify absent; no network). It measures the copy bandwidth,
-# checks the kernels against float64 (lrm-fast-kernel-check), runs the GPU-marked tests, then the kernel
-# benchmarks, and prints one table last: shape, provider, mode, ms, GB/s, % of the measured copy
+# checks the kernels against float64 (lrm-fast-kernel-check), runs the GPU-marked tests (packed varlen
+# attention among them), a few GRPO steps of a random Qwen2.5-0.5B-shaped model (benchmarks/gpu_smoke.py),
+# then the kernel benchmarks, and prints one table last: shape, provider, mode, ms, GB/s, % of the measured copy
 # bandwidth, peak GiB. Every stage has a time limit inside an overall budget, so the whole check ends in
 # under 6 minutes; a stage that fails or runs out of time is reported, and the table is printed from
 # whatever was measured.
@@ -84,6 +85,14 @@ fi
 run_stage kernel_check 60 "$PY" -m lrm_fast.kernel_check
 run_stage tests 75 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider
 
+# A few GRPO steps of a random Qwen2.5-0.5B-shaped model with packed varlen attention (no flash-attn):
+# rollout and update tokens/s and peak memory per attention path.
+if ((DRY_RUN)); then
+  run_stage smoke 60 "$PY" -m benchmarks.gpu_smoke --shape tiny --steps 1 --prompts 2 --group-size 4
+else
+  run_stage smoke 70 "$PY" -m benchmarks.gpu_smoke
+fi
+
 # Benchmarks, one pytest per suite so that a suite that fails or runs out of time keeps the others' JSON.
 # The GRPO loss first: it carries DESIGN's performance target; then the fused LM head + loss.
 if ((DRY_RUN)); then
@@ -102,10 +111,12 @@ done
 echo
 echo "== summary ($((SECONDS - START))s; logs and JSON in $OUT_DIR)"
 printf '%s\n' "${SUMMARY[@]}"
-if [[ -f $SCRATCH/kernel_check.log ]]; then
-  echo
-  cat "$SCRATCH/kernel_check.log"
-fi
+for stage in kernel_check smoke; do
+  if [[ -f $SCRATCH/$stage.log ]]; then
+    echo
+    cat "$SCRATCH/$stage.log"
+  fi
+done
 echo
 "$PY" -m benchmarks.report --copy "$OUT_DIR/copy.json" "$OUT_DIR"/bench_{grpo_loss,fused_head,token_logprobs,group_advantages}.json \
   | tee "$OUT_DIR/table.txt"

@@ -14,6 +14,7 @@ L_i is response i's length, S the number of responses and C a constant length, a
 sample regime then multiplies w_i by its factor (lrm_fast/regimes.py).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class Sample:
     regime_weight: float = 1.0  # the sample regime's factor (0: dropped; lrm_fast/regimes.py)
     weight: float = 0.0  # aggregation weight of each of its tokens, times regime_weight
     forward: bool = True  # False: carries no gradient, skipped before the model
+    sampler_logprobs: list[float] | None = None  # the rollout engine's log-probs (None: injected)
 
     @property
     def num_tokens(self) -> int:
@@ -105,16 +107,34 @@ def micro_batches(samples: list[Sample], token_budget: int) -> list[list[Sample]
 
 @dataclass
 class MicroBatch:
-    """Padded model inputs plus the packed response-token layout of the loss kernels."""
+    """Model inputs (padded, or packed: lrm_fast/packing.py) plus the loss kernels' response-token layout."""
 
-    input_ids: torch.Tensor  # [b, L] right-padded prompt + response
-    attention_mask: torch.Tensor  # [b, L]
+    input_ids: torch.Tensor  # [b, L] right-padded prompt + response; packed: [1, T], T = sum of lengths
+    attention_mask: torch.Tensor | None  # [b, L]; None when packed
     row: torch.Tensor  # [N] row in the batch of each response token
     position: torch.Tensor  # [N] position of the logits that predict it
     targets: torch.Tensor  # [N] the response tokens
     advantages: torch.Tensor  # [N] fp32
     weights: torch.Tensor  # [N] fp32
     injected: torch.Tensor  # [N] bool: tokens of injected responses
+    position_ids: torch.Tensor | None = None  # packed: [1, T], restarting at 0 for every sequence
+    cu_seqlens: torch.Tensor | None = None  # packed: [S + 1] int32, start of each sequence, then T
+    max_seqlen: int = 0  # packed: longest sequence
+    sampler_logprobs: torch.Tensor | None = None  # [N] fp32, NaN where unknown; None: not compared
+
+    @property
+    def packed(self) -> bool:
+        return self.cu_seqlens is not None
+
+
+def sampler_logprobs(samples: list[Sample]) -> torch.Tensor:
+    """[N] the rollout engine's log-prob of every response token, in the kernels' order (NaN for
+    responses it did not sample)."""
+    values = []
+    for s in samples:
+        known = s.sampler_logprobs is not None
+        values += s.sampler_logprobs if known else [math.nan] * len(s.response_ids)
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def collate(samples: list[Sample], pad_id: int) -> MicroBatch:

@@ -9,6 +9,7 @@ import torch
 from lrm_fast.config import ColdStartConfig, DataConfig, ModelConfig, TrainConfig, TrainerConfig
 from lrm_fast.data import Columns, PromptExample, encode_prompts, load_prompts
 from lrm_fast.model import TinyModelSettings, load_model
+from lrm_fast.rollout.hf import HFRolloutBackend
 from lrm_fast.runtime import DEFAULT_THREADS
 from lrm_fast.sft import SFTSettings, cached_cold_start
 from lrm_fast.tasks.arithmetic import ArithmeticSettings, generate_problems, solutions
@@ -28,10 +29,14 @@ def cold_start_dir(cfg: TrainConfig) -> Path:
 
     SFT runs on every core (torch's default thread count): its batches are large enough to gain from
     them, unlike sampling from the tiny model, for which trainer.num_threads may have set fewer."""
+    # Under torchrun the main rank trains it once while the others wait (they would race on the cache).
+    distributed = torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_rank() != 0:
+        torch.distributed.barrier()
     threads = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_THREADS)
     try:
-        return cached_cold_start(
+        path = cached_cold_start(
             Path(cfg.cold_start.cache_dir).expanduser(),
             task_settings(cfg.data),
             sft_settings(cfg.cold_start),
@@ -39,6 +44,9 @@ def cold_start_dir(cfg: TrainConfig) -> Path:
         )
     finally:
         torch.set_num_threads(threads)
+    if distributed and torch.distributed.get_rank() == 0:
+        torch.distributed.barrier()
+    return path
 
 
 def build_policy(cfg: TrainConfig, device: torch.device):
@@ -56,6 +64,17 @@ def _pretrained_path(model: ModelConfig) -> str:
             "model.path is required with model.name=pretrained (a local directory or HF cache id)"
         )
     return model.path
+
+
+def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer):
+    """The rollout backend: our decode loop on the policy itself (hf) or a colocated vLLM engine that
+    starts from the policy's checkpoint and then follows the trainer through sync_weights."""
+    if cfg.rollout.backend == "hf":
+        return HFRolloutBackend(model, tokenizer, max_batch_size=cfg.rollout.generation_batch_size)
+    from lrm_fast.rollout.vllm import VLLMRolloutBackend
+
+    path = str(cold_start_dir(cfg)) if cfg.model.name == "tiny" else _pretrained_path(cfg.model)
+    return VLLMRolloutBackend(path, tokenizer, cfg.rollout, seed=cfg.seed)
 
 
 def build_examples(data: DataConfig, num_heldout: int) -> tuple[list[PromptExample], list[PromptExample]]:

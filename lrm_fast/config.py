@@ -88,12 +88,27 @@ class DataConfig:
 class RolloutConfig:
     """Sampling of G responses per prompt."""
 
-    backend: str = "hf"  # transformers generate (CPU default)
+    backend: str = "hf"  # "hf": our decode loop on the training model (CPU default); "vllm": colocated engine
     group_size: int = 8  # G
     temperature: float = 1.0  # study: 0.6 for R1-distilled models
     top_p: float = 1.0
     max_new_tokens: int = 64  # study: 8k / 16k / 24k; the tiny task's reference answers take <= 57
-    generation_batch_size: int = 256  # sequences per generate() call
+    generation_batch_size: int = 256  # sequences per generate() call (hf)
+    # Sampler / trainer mismatch: every step logs mean |logp_trainer - logp_sampler| and the mean token
+    # probability ratio (rollout/logp_abs_diff, rollout/prob_ratio) from one extra no-grad pass over the
+    # logits; with tis_cap, each token's loss is weighted by min(p_trainer / p_sampler, tis_cap)
+    # (truncated importance sampling: vLLM's numerics differ from the trainer's). None: off.
+    log_mismatch: bool = False
+    tis_cap: float | None = None
+    # rollout=vllm only (lrm_fast/rollout/vllm.py).
+    gpu_memory_utilization: float = 0.5  # the engine's share of the GPU (weights + KV cache)
+    tensor_parallel_size: int = 1  # ranks one engine spans; must divide the world size
+    sleep: bool = False  # free the engine's KV cache and offload its weights during the update (CUDA)
+    max_model_len: int | None = None  # longest prompt + response the engine accepts; None: the model's
+    dtype: str = "auto"  # engine weights: "auto" is bf16 on GPU, fp32 on CPU
+    sync_bucket_mb: int = 512  # gathered parameters held at once while pushing weights to the engine
+    cpu_kv_cache_gb: int = 1  # KV cache of the CPU build (VLLM_CPU_KVCACHE_SPACE); unused on GPU
+    enforce_eager: bool = False  # no CUDA graphs / torch.compile: faster start, slower decode
 
 
 @dataclass
@@ -116,6 +131,12 @@ class LossConfig:
     # N * V dominates memory (long responses, 128k-152k vocabularies), not at the tiny default.
     fused_head: bool = False
     micro_batch_tokens: int = 8192  # token budget (prompt + response) of one forward/backward
+    # Packed micro-batches (lrm_fast/packing.py): the sequences end to end in one row, no padding, so the
+    # budget counts real tokens. Pays off when lengths vary a lot (long reasoning traces).
+    packing: bool = False
+    # Attention within the packed sequences: "sdpa" (block-diagonal mask; anywhere), "varlen" (torch's
+    # varlen kernel; CUDA), "flash" (flash-attn; CUDA) or "auto" (flash, else varlen on CUDA; sdpa on CPU).
+    packed_attention: str = "auto"
 
 
 @dataclass
@@ -249,7 +270,15 @@ def validate(cfg: TrainConfig) -> None:
             path = getattr(cfg.data, key)
             if path and not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"data.{key}: no such file: {path}")
-    _choice("rollout.backend", cfg.rollout.backend, ("hf",))
+    _choice("rollout.backend", cfg.rollout.backend, ("hf", "vllm"))
+    if cfg.rollout.tis_cap is not None and not cfg.rollout.tis_cap >= 1:
+        raise ValueError(f"rollout.tis_cap must be >= 1 (or null: off), got {cfg.rollout.tis_cap}")
+    if not 0 < cfg.rollout.gpu_memory_utilization < 1:
+        raise ValueError(
+            f"rollout.gpu_memory_utilization must be in (0, 1), got {cfg.rollout.gpu_memory_utilization}"
+        )
+    _positive("rollout.tensor_parallel_size", cfg.rollout.tensor_parallel_size)
+    _positive("rollout.sync_bucket_mb", cfg.rollout.sync_bucket_mb)
     _choice(
         "loss.aggregation",
         cfg.loss.aggregation,
@@ -257,6 +286,7 @@ def validate(cfg: TrainConfig) -> None:
     )
     _choice("loss.advantage_scale", cfg.loss.advantage_scale, ("std", "none"))
     _choice("loss.backend", cfg.loss.backend, ("auto", "triton", "torch"))
+    _choice("loss.packed_attention", cfg.loss.packed_attention, ("auto", "sdpa", "varlen", "flash"))
     _validate_levers(cfg)
     _choice("trainer.lr_schedule", cfg.trainer.lr_schedule, ("constant", "cosine"))
     _choice("trainer.mixed_precision", cfg.trainer.mixed_precision, ("auto", "bf16", "fp32"))

@@ -1,7 +1,10 @@
 """torch.distributed set-up and FSDP2, nothing home-made: one process without torchrun, one rank per
-device (or per CPU process, with gloo) under torchrun."""
+device (or per CPU process, with gloo) under torchrun, or under srun when SLURM starts one task per GPU
+(Hydra's submitit launcher does): SLURM's variables then stand in for torchrun's."""
 
 import os
+import re
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -22,7 +25,8 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
-    """Join the process group torchrun describes (WORLD_SIZE > 1), else run as a single process."""
+    """Join the process group torchrun (or srun) describes (WORLD_SIZE > 1), else run as a single process."""
+    os.environ.update(slurm_rank_env(os.environ))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -31,13 +35,53 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        _OWNED_GROUP.append(True)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return DistInfo(rank, world_size, device)
 
 
+def slurm_rank_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) for a process that
+    srun started as one of several tasks; the ones already set are left out.
+
+    Empty under torchrun (`srun ... torchrun` keeps torchrun's ranks) and outside a multi-task srun step:
+    SLURM_STEP_NUM_TASKS exists only inside a step, so one process run straight from a batch script or an
+    salloc shell never waits for peers that were not started. Task 0 runs on the step's first node; the
+    port comes from the job id, so two jobs sharing a node do not collide, and stays below Linux's
+    ephemeral ports (32768 up).
+    """
+    if "RANK" in environ or "WORLD_SIZE" in environ:
+        return {}
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    if tasks <= 1:
+        return {}
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ["SLURM_JOB_NODELIST"]
+    env = {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(tasks),
+        "LOCAL_RANK": environ["SLURM_LOCALID"],
+        "MASTER_ADDR": first_host(nodelist),
+        "MASTER_PORT": str(15000 + int(environ["SLURM_JOB_ID"]) % 15000),
+    }
+    return {key: value for key, value in env.items() if key not in environ}
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list, as `scontrol show hostnames` prints it first:
+    "gpu[07-09,12],cpu3" -> "gpu07" (first entry, each bracket replaced by its first value)."""
+    entry = re.match(r"(?:[^,\[]|\[[^\]]*\])+", nodelist)[0]
+    return re.sub(r"\[([^\],-]+)[^\]]*\]", r"\1", entry)
+
+
+_OWNED_GROUP: list[bool] = []  # set when init_distributed created the default group
+
+
 def close_distributed() -> None:
-    if dist.is_initialized():
+    """Destroy the default group if we made it. A single-process vLLM engine makes its own (world of 1)
+    and tears it down itself at exit; destroying it first makes that teardown fail."""
+    if _OWNED_GROUP and dist.is_initialized():
         dist.destroy_process_group()
+        _OWNED_GROUP.clear()
 
 
 def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
@@ -117,7 +161,8 @@ class ShardedBackend:
             return self.backend.generate(prompts, group_size, params)
         seed = None if params.seed is None else params.seed * self.world_size + self.rank
         mine = prompts[self.rank :: self.world_size]
-        rollouts = self.backend.generate(mine, group_size, replace(params, seed=seed)) if mine else []
+        # Called even with no prompts: ranks that share a tensor-parallel engine must call it together.
+        rollouts = self.backend.generate(mine, group_size, replace(params, seed=seed))
         shards = [None] * self.world_size
         dist.all_gather_object(shards, rollouts)
         ordered = []

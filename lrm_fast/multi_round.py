@@ -264,8 +264,11 @@ def greedy_decode(backend, prompts: list[list[int]], max_new_tokens: int) -> lis
     """(response ids up to and including the first EOS, finished) of the argmax decoding of each prompt.
 
     SamplingParams has no greedy mode (temperature must be > 0, and a tiny temperature is not argmax:
-    ties and underflow), so this is its own loop over the HF backend's model, cache and EOS ids.
+    ties and underflow), so this is its own loop over the HF backend's model, cache and EOS ids; a backend
+    with its own ``greedy`` method (vLLM: temperature 0 is argmax there) is asked directly.
     """
+    if hasattr(backend, "greedy"):
+        return backend.greedy(prompts, max_new_tokens)
     model = getattr(backend, "model", None)
     if model is None:
         raise TypeError(

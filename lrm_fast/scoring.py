@@ -55,7 +55,10 @@ def score_rollouts(
     """Samples with rewards and advantages for `examples` x `group_size` consecutive rollouts."""
     answers = [e.answer for e in examples for _ in range(group_size)]
     correct = _grade([r.response_ids for r in rollouts], answers, tokenizer)
-    samples = [B.Sample(r.prompt_ids, r.response_ids, 0.0, c) for r, c in zip(rollouts, correct, strict=True)]
+    samples = [
+        B.Sample(r.prompt_ids, r.response_ids, 0.0, c, sampler_logprobs=r.logprobs)
+        for r, c in zip(rollouts, correct, strict=True)
+    ]
     before = zero_variance_counts(correct, group_size)
     injected = 0
     if injection.name == "osi":

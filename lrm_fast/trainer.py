@@ -15,13 +15,15 @@ and entropy terms are lost, and their tokens still count in the normalisers).
 
 import json
 import time
+from contextlib import nullcontext
 from copy import deepcopy
 from pathlib import Path
 
 import torch
 
 from lrm_fast import batch as B
-from lrm_fast.build import build_examples, build_optimizer, build_policy, encode
+from lrm_fast import packing as P
+from lrm_fast.build import build_examples, build_optimizer, build_policy, build_rollout, encode
 from lrm_fast.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.config import TrainConfig
 from lrm_fast.data import PromptSampler
@@ -32,9 +34,8 @@ from lrm_fast.multi_round import EvalSettings
 from lrm_fast.multi_round import evaluate as evaluate_benchmark
 from lrm_fast.regimes import RegimeSchedule, apply_regime
 from lrm_fast.rollout import SamplingParams
-from lrm_fast.rollout.hf import HFRolloutBackend
 from lrm_fast.scoring import ScoredStep, score_rollouts
-from lrm_fast.update import policy_update
+from lrm_fast.update import MISMATCH_SUMS, policy_update
 
 
 class GRPOTrainer:
@@ -46,17 +47,18 @@ class GRPOTrainer:
         self.bf16 = _use_bf16(cfg.trainer.mixed_precision, dist.device)
         if dist.world_size > 1:
             self.model = apply_fsdp(self.model, bf16=self.bf16)
+            if self.ref_model is not None:  # sharded too: a full fp32 copy per rank would not fit at 7B
+                self.ref_model = apply_fsdp(self.ref_model, bf16=self.bf16)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.trainer)
         self.train_examples, self.heldout_examples = build_examples(cfg.data, cfg.eval.problems)
         self.heldout_prompts = encode(self.heldout_examples, self.tokenizer, cfg.data)
         self.sampler = PromptSampler(self.train_examples, cfg.trainer.prompts_per_step, seed=cfg.seed)
-        self.backend = HFRolloutBackend(
-            self.model, self.tokenizer, max_batch_size=cfg.rollout.generation_batch_size
-        )
+        self.backend = build_rollout(cfg, self.model, self.tokenizer)
         self.bank = self._solution_bank()
         self.regimes = RegimeSchedule(cfg.regime)
         self.step_count, self.state = 0, {"elapsed_s": 0.0}
         self._resume()
+        self.backend.sync_weights(self.model)  # a separate engine starts from the (resumed) policy
         self.logger = MetricsLogger(
             self.run_dir, cfg.trainer.steps, self.step_count, dist.is_main, cfg.trainer.progress_bar
         )
@@ -95,6 +97,10 @@ class GRPOTrainer:
         self.logger.close()
         return summary
 
+    def close(self) -> None:
+        if hasattr(self.backend, "close"):
+            self.backend.close()
+
     def evaluate(self, label: str) -> float:
         """Held-out avg@k with the multi-round evaluator; per-problem results go to RUN/eval/LABEL.json.
 
@@ -116,7 +122,7 @@ class GRPOTrainer:
         if self.dist.is_main:
             path.unlink(missing_ok=True)
         backend = ShardedBackend(self.backend, self.dist.rank, self.dist.world_size)
-        with gathered_for_generation(self.model):
+        with self._generating():
             summary = evaluate_benchmark(
                 backend,
                 self.tokenizer,
@@ -139,7 +145,7 @@ class GRPOTrainer:
         examples = self.sampler.next_batch()[self.dist.rank :: self.dist.world_size]
         prompts = encode(examples, self.tokenizer, cfg.data)
         params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
-        with gathered_for_generation(self.model):
+        with self._generating():
             rollouts = self.backend.generate(prompts, group_size=cfg.rollout.group_size, params=params)
         timings["time/rollout_s"], tick = time.perf_counter() - tick, time.perf_counter()
 
@@ -163,7 +169,17 @@ class GRPOTrainer:
         sum_norm = cfg.loss.sum_norm_length or cfg.rollout.max_new_tokens
         B.assign_weights(samples, cfg.loss.aggregation, normalisers, sum_norm)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batches = [B.collate(mb, pad_id) for mb in B.micro_batches(samples, cfg.loss.micro_batch_tokens)]
+        budget = cfg.loss.micro_batch_tokens
+        if cfg.loss.packing:  # one row per micro-batch, no padding (lrm_fast/packing.py)
+            groups = P.packed_micro_batches(samples, budget)
+            batches = [P.collate_packed(mb) for mb in groups]
+        else:
+            groups = B.micro_batches(samples, budget)
+            batches = [B.collate(mb, pad_id) for mb in groups]
+        if cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None:
+            for batch, group in zip(batches, groups, strict=True):
+                batch.sampler_logprobs = B.sampler_logprobs(group)
+        self._engine_sleep()
         with self._autocast():
             update = policy_update(
                 self.model,
@@ -174,10 +190,13 @@ class GRPOTrainer:
                 cfg.rollout.temperature,
                 cfg.trainer.grad_clip,
                 cfg.injection.gamma if cfg.injection.shaping else None,
+                cfg.rollout.tis_cap,
             )
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
-        timings["time/update_s"] = time.perf_counter() - tick
+        timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
+        self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
+        timings["time/weight_sync_s"] = time.perf_counter() - tick
         return {
             **self._sample_metrics(scored),
             "regime/negative_only": float(regime == "negative"),
@@ -234,6 +253,16 @@ class GRPOTrainer:
             "reward/rlr_shaped_groups": t["shaped_groups"],
         }
 
+    def _generating(self):
+        """Sampling with our own loop on the FSDP policy needs its parameters gathered; a vLLM engine
+        holds its own full copy."""
+        return gathered_for_generation(self.model) if self.cfg.rollout.backend == "hf" else nullcontext()
+
+    def _engine_sleep(self) -> None:
+        """Let a colocated engine free its GPU memory for the update (rollout.sleep)."""
+        if hasattr(self.backend, "sleep"):
+            self.backend.sleep()
+
     def _autocast(self):
         # FSDP2 applies bf16 through its mixed-precision policy; a single GPU process uses autocast.
         enabled = self.bf16 and self.dist.world_size == 1 and self.dist.device.type == "cuda"
@@ -287,6 +316,8 @@ def _update_metrics(update, lr: float) -> dict[str, float]:
         "optim/grad_norm": update.grad_norm,
         "optim/skipped": float(update.skipped),
         "optim/lr": lr,
+        # Sampler vs trainer log-probs (rollout.log_mismatch / tis_cap); absent when not measured.
+        **{f"rollout/{k}": update.stats[k] for k in MISMATCH_SUMS[:-1] if k in update.stats},
     }
 
 

