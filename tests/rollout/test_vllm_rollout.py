@@ -6,8 +6,10 @@ LRM_FAST_REQUIRE_VLLM=1 turns a missing vLLM into a failure rather than a skip.
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -180,3 +182,34 @@ def test_two_rank_training_pushes_fsdp_weights_into_each_engine(policy, tmp_path
     assert len(steps) == 4
     assert all(row["rollout/logp_abs_diff"] < 1e-4 for row in steps)
     assert all(row["loss/ref_kl"] > 0 for row in steps[1:])  # the sharded reference is used
+
+
+@pytest.mark.slow
+def test_killed_vllm_run_resumes_and_pushes_the_restored_weights(policy, tmp_path):
+    """SIGKILL after the step-4 checkpoint, then the same command with trainer.resume: the new engine
+    starts from the cold start's files, so it must be given the restored weights before sampling (the
+    sampler / trainer gap of steps 5 and 6 shows it). vLLM's own RNG is not checkpointed: the resumed
+    steps sample other responses than an uninterrupted run would."""
+    from test_train_cli import QUICK
+
+    from lrm_fast.metrics import read_metrics
+
+    env = {**os.environ, "LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    args = [*QUICK, "rollout=vllm", "trainer.steps=6", "trainer.checkpoint_every=2"]
+    command = [sys.executable, "-m", "lrm_fast.cli.train", *args, f"hydra.run.dir={run}"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step_000004").exists() and process.poll() is None:
+        assert time.time() < deadline, "no step-4 checkpoint within 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "summary.json").exists()
+    command[-1] = f"hydra.run.dir={tmp_path / 'resume_log'}"
+    result = subprocess.run([*command, f"trainer.resume={run}"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [row for row in read_metrics(run) if "loss/policy" in row]
+    assert [row["step"] for row in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(row["rollout/logp_abs_diff"] < 1e-4 for row in steps)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
