@@ -70,10 +70,7 @@ def micro_batch_loss(
     ref_logprobs = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_logits = response_logits(ref_model, batch, loss_cfg.packed_attention)
-            ref_logprobs = token_logprobs(
-                ref_logits, batch.targets, temperature=temperature, backend=loss_cfg.backend
-            )
+            ref_logprobs = reference_logprobs(ref_model, batch, loss_cfg, temperature)
     shaped = batch.injected if shaping_gamma is not None else torch.zeros_like(batch.injected)
     if loss_cfg.fused_head:
         hidden = response_hidden(model, batch, loss_cfg.packed_attention)
@@ -113,6 +110,22 @@ def micro_batch_loss(
         )
         loss = loss + shaping
     return loss, stats
+
+
+def reference_logprobs(
+    ref_model, batch: MicroBatch, loss_cfg: LossConfig, temperature: float
+) -> torch.Tensor:
+    """[N] log-probs of the response tokens under the frozen reference (the KL term's pi_ref).
+
+    With `loss_cfg.fused_head`, from its hidden states and head a chunk of tokens at a time: the
+    reference's [N, V] logits (fp32, the largest buffer of a KL run at 152k vocabularies) never exist."""
+    if not loss_cfg.fused_head:
+        logits = response_logits(ref_model, batch, loss_cfg.packed_attention)
+        return token_logprobs(logits, batch.targets, temperature=temperature, backend=loss_cfg.backend)
+    hidden = response_hidden(ref_model, batch, loss_cfg.packed_attention)
+    weight = ref_model.lm_head.weight
+    logits_of = lambda rows: hidden[rows] @ weight.T
+    return _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
 
 
 MISMATCH_SUMS = ("logp_abs_diff", "prob_ratio", "tis_truncated", "tokens")

@@ -13,11 +13,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 LOSS = LossConfig(kl_coef=0.0, entropy_coef=0.01, backend="torch")
 
 
-def _loss_and_grad(model, batches, loss_cfg=LOSS, shaping_gamma=None):
+def _loss_and_grad(model, batches, loss_cfg=LOSS, shaping_gamma=None, ref_model=None):
     model.zero_grad(set_to_none=True)
     total = 0.0
     for batch in batches:
-        loss, _ = micro_batch_loss(model, None, batch, loss_cfg, temperature=0.9, shaping_gamma=shaping_gamma)
+        loss, _ = micro_batch_loss(model, ref_model, batch, loss_cfg, 0.9, shaping_gamma=shaping_gamma)
         loss.backward()
         total += loss.item()
     return total, flat_grad(model)
@@ -37,15 +37,19 @@ def test_micro_batches_match_the_whole_batch(aggregation, token_budget):
     torch.testing.assert_close(grad_split, grad_whole, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05], ids=["no_kl", "kl"])
 @pytest.mark.parametrize("shaping_gamma", [None, 0.1], ids=["plain", "luffy"])
-def test_micro_batches_fused_head_matches_the_logits_path(shaping_gamma):
+def test_micro_batches_fused_head_matches_the_logits_path(shaping_gamma, kl_coef):
+    """Same loss and gradients; with KL the reference's log-probs come through its hidden states too."""
     model = tiny_model()
+    ref_model = tiny_model(seed=1) if kl_coef else None  # another model: the KL term is not zero
     samples = synthetic_samples(num_groups=6, group_size=4)
     samples[1].injected = samples[6].injected = True
     batches = prepared_batches(samples, 4, "token_mean", token_budget=40)
-    loss, grad = _loss_and_grad(model, batches, shaping_gamma=shaping_gamma)
-    fused = LossConfig(kl_coef=0.0, entropy_coef=0.01, backend="torch", fused_head=True)
-    fused_loss, fused_grad = _loss_and_grad(model, batches, fused, shaping_gamma)
+    plain = LossConfig(kl_coef=kl_coef, entropy_coef=0.01, backend="torch")
+    loss, grad = _loss_and_grad(model, batches, plain, shaping_gamma, ref_model)
+    fused = LossConfig(kl_coef=kl_coef, entropy_coef=0.01, backend="torch", fused_head=True)
+    fused_loss, fused_grad = _loss_and_grad(model, batches, fused, shaping_gamma, ref_model)
     assert fused_loss == pytest.approx(loss, rel=1e-5, abs=1e-7)
     torch.testing.assert_close(fused_grad, grad, rtol=1e-4, atol=1e-7)
 
