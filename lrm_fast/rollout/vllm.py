@@ -42,10 +42,12 @@ class VLLMRolloutBackend:
         *,
         seed: int = 0,
         eos_token_ids: Sequence[int] | None = None,
+        standalone: bool = False,
     ):
         """``model_path`` is the directory (or HF cache id) of the policy's starting weights; the engine
         follows the trainer's weights from then on through ``sync_weights``. ``settings``: the rollout
-        config (its vLLM keys are documented in lrm_fast/config.py)."""
+        config (its vLLM keys are documented in lrm_fast/config.py). ``standalone``: an engine with no
+        trainer ranks around it (evaluation); tensor parallelism then uses vLLM's own worker processes."""
         # Both must be set before vLLM is imported: in-process engine, CPU KV cache size.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gb))
@@ -53,8 +55,9 @@ class VLLMRolloutBackend:
         cuda = torch.cuda.is_available()
         if settings.sleep and not cuda:
             raise ValueError("rollout.sleep needs a CUDA device (vLLM's sleep mode frees GPU memory)")
-        world_size = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        if world_size % settings.tensor_parallel_size:
+        colocated = torch.distributed.is_initialized() and not standalone
+        world_size = torch.distributed.get_world_size() if colocated else 1
+        if colocated and world_size % settings.tensor_parallel_size:
             raise ValueError(
                 f"rollout.tensor_parallel_size {settings.tensor_parallel_size} does not divide the world "
                 f"size {world_size}"
@@ -67,7 +70,7 @@ class VLLMRolloutBackend:
         self.settings, self.asleep = settings, False
         # Ranks of one tensor-parallel engine must submit the same requests: they pool their prompts.
         self.tp_group = None
-        if settings.tensor_parallel_size > 1:
+        if colocated and settings.tensor_parallel_size > 1:
             self.tp_group, _ = torch.distributed.new_subgroups(group_size=settings.tensor_parallel_size)
         self.llm = LLM(
             model=model_path,

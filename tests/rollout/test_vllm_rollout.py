@@ -213,3 +213,41 @@ def test_killed_vllm_run_resumes_and_pushes_the_restored_weights(policy, tmp_pat
     assert [row["step"] for row in steps] == [1, 2, 3, 4, 5, 6]
     assert all(row["rollout/logp_abs_diff"] < 1e-4 for row in steps)
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+
+
+@pytest.mark.slow
+def test_eval_cli_with_the_vllm_backend(tmp_path):
+    """`lrm-fast-eval backend=vllm`: the multi-round evaluation on a standalone engine; its greedy
+    responses equal the hf backend's, and every round's samples are stored."""
+    _vllm_or_skip()
+    from lrm_fast.model import build_model, tiny_qwen2_config
+    from lrm_fast.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = tiny_qwen2_config(
+        len(tokenizer), hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model_dir = tmp_path / "model"
+    build_model(config, seed=0).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    quick = [
+        "benchmarks.0.problems=16",
+        "benchmarks.0.samples_per_problem=2",
+        "benchmarks.0.max_new_tokens=12",
+    ]
+    runs = {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / backend
+        command = [sys.executable, "-m", "lrm_fast.cli.eval", f"model.path={model_dir}", f"output_dir={out}"]
+        command += [f"hydra.run.dir={out}/hydra", f"backend={backend}", "adaptive.max_rounds=2", *quick]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[backend] = json.loads((out / "results.json").read_text())["benchmarks"]["arithmetic"]
+    entry = runs["vllm"]
+    assert [r["round"] for r in entry["rounds"]] == [0, 1]
+    stored = sum(len(problem["samples"]) for problem in entry["problems"])
+    assert stored == entry["summary"]["samples"] == 2 * 2 * 16
+    greedy = {b: [(p["greedy"]["text"], p["greedy"]["length"]) for p in runs[b]["problems"]] for b in runs}
+    assert greedy["vllm"] == greedy["hf"]
