@@ -51,7 +51,7 @@ class ColdStartConfig:
     # varied length, for the relative length reward). See lrm_fast/tasks/arithmetic.py.
     slip_prob: float = 0.4
     check_prob: float = 0.2
-    space_prob: float = 0.5  # chance of a space at each optional place (length nothing depends on)
+    space_prob: float = 0.5  # chance of a space after <think> and each comma (length nothing depends on)
     cache_dir: str = "${oc.env:LRM_FAST_CACHE,'~/.cache/lrm_fast'}/cold_start"  # reused when settings match
 
 

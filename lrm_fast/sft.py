@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-CACHE_VERSION = 5
+CACHE_VERSION = 4
 """Part of the cache key: bump it when the task format, tokenizer or training code changes what a
 cold start contains, so that old caches are not reused."""
 
@@ -70,9 +70,8 @@ class SFTSettings:
     slip_prob: float = 0.4
     """Share of teacher solutions with one wrong step (`teacher_solution`): the cold start's own errors."""
     space_prob: float = 0.5
-    """Chance of a space at each optional place (after <think>, after each comma, around each operator and
-    equals sign): correct answers of varied length that no correctness depends on (the relative length
-    reward can shorten them; a binary reward has no reason to)."""
+    """Chance of a space after <think> and after each comma: correct answers of varied length that no
+    correctness depends on (the relative length reward can shorten them; a binary reward has no reason to)."""
     check_prob: float = 0.2
     """Chance of a check step after each teacher step: correct responses of varied length."""
 

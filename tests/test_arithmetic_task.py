@@ -200,8 +200,5 @@ def test_teacher_spaces_vary_length_and_nothing_else():
     taught = [teacher_solution(p, rng, space_prob=0.5) for p in problems]
     assert all(t.solution.replace(" ", "") == p.solution for p, t in zip(problems, taught, strict=True))
     spaces = [t.solution.count(" ") for t in taught]
-    # Per step: one before it (after <think> or a comma), two around the operator, two around "=".
-    places = sum(5 * (p.solution.count(",") + 1) for p in problems)
-    assert 0.45 < sum(spaces) / places < 0.55
-    inside = [step for t in taught for step in _steps(t.solution) if " " in step.strip()]
-    assert inside and all(_holds(step.replace(" ", "")) for step in inside)
+    separators = sum(p.solution.count(",") + 1 for p in problems)  # after <think> and each comma
+    assert 0.45 < sum(spaces) / separators < 0.55

@@ -31,15 +31,11 @@ operations); they serve as the offline solution bank of offline sample injection
 study's R1-distilled starting point: imperfect (with probability ``slip_prob`` one step's result is off
 by one digit, and the error carries through to a wrong answer) and verbose (after each step, with
 probability ``check_prob``, the step computed again, ``3*4=12,4*3=12`` or ``9-5=4,9-5=4``; and with
-probability ``space_prob`` a space at each optional place: after ``<think>``, after each comma, and around
-each operator and equals sign, ``3 *4= 12``). The slips give the cold start errors that reinforcement
-learning can remove; checks and spaces make correct responses to the same problem differ in length, which
-the relative length reward acts on. Spaces change no step, so a binary reward has no reason to remove
-them, whereas GRPO soon drops the checks (a repeated step is one more chance to slip). There are many
-optional places (about four per step) on purpose: a long reasoning trace has countless independent
-choices of length, so its correct answers practically never tie; with a few places the relative length
-reward soon makes every correct answer to a problem equally long, and an all-correct group then has
-zero variance again.
+probability ``space_prob`` a space after ``<think>`` and after each comma). The slips give the cold start
+errors that reinforcement learning can remove; checks and spaces make correct responses to the same
+problem differ in length, which the relative length reward acts on. Spaces change no step, so a binary
+reward has no reason to remove them, whereas GRPO soon drops the checks (a repeated step is one more
+chance to slip).
 """
 
 import hashlib
@@ -170,10 +166,6 @@ def teacher_solution(
     num_steps = sum(isinstance(token, str) and token in OPERATORS for token in tokens)
     slip_step = rng.randrange(num_steps) if rng.random() < slip_prob else None
     steps: list[str] = []
-
-    def space() -> str:
-        return " " if rng.random() < space_prob else ""
-
     for step in range(num_steps):
         i = _choices(tokens)[0]
         a, operator, b = tokens[i - 1], tokens[i], tokens[i + 1]
@@ -181,13 +173,12 @@ def teacher_solution(
         if step == slip_step:
             value = _slip(value, rng)
         tokens = _reduce(tokens, i, value)
-        # Optional spaces around the operator and the equals sign: length that no correctness depends on.
-        steps.append(f"{a}{space()}{operator}{space()}{b}{space()}={space()}{value}")
+        steps.append(f"{a}{operator}{b}={value}")
         if step != slip_step and rng.random() < check_prob:
             steps.append(_check(a, operator, b, value))
     answer = str(tokens[0])
-    # And after <think> and after each comma.
-    spaced = [space() + step for step in steps]
+    # Optional spaces after <think> and after each comma: length that no correctness depends on.
+    spaced = [(" " if rng.random() < space_prob else "") + step for step in steps]
     return Problem(
         problem.id, problem.problem, answer, f"<think>{','.join(spaced)}</think>\\boxed{{{answer}}}"
     )
