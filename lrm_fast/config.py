@@ -208,7 +208,7 @@ class TrainerConfig:
 
     steps: int = 200
     prompts_per_step: int = 32  # B; B * G responses per step
-    lr: float = 3e-4  # study: 1e-6 (1.5B model); the tiny model needs far more
+    lr: float = 1e-4  # study: 1e-6 (1.5B model); the tiny model needs far more
     lr_schedule: str = "constant"  # "constant" or "cosine", after linear warmup
     warmup_steps: int = 20
     weight_decay: float = 0.01
