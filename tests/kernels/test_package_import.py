@@ -51,3 +51,20 @@ def test_top_level_kernels_import_reuses_lrm_fast_kernels():
     assert "registrations kept True" in result.stdout
     assert "hf kernels found False" in result.stdout
     assert "loss finite True" in result.stdout
+
+
+def test_without_lrm_fast_the_folder_loads_as_itself():
+    # A checkout that is not installed: `lrm_fast.kernels` does not resolve, and the top-level name must
+    # still load (transformers' probe imports it whatever is installed).
+    script = (
+        "import sys\n"
+        "sys.modules['lrm_fast.kernels'] = None\n"  # makes `import lrm_fast.kernels` fail
+        "import kernels\n"
+        "print('standalone', kernels.__name__, callable(kernels.grpo_loss))\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "standalone kernels True" in result.stdout
