@@ -255,6 +255,16 @@ def _positive(name: str, value) -> None:
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
+def _at_least(name: str, value, bound, why: str = "") -> None:
+    if not value >= bound:
+        raise ValueError(f"{name} must be >= {bound}{why}, got {value!r}")
+
+
+def _probability(name: str, value) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Checks beyond types, run before any work: choices, ranges, files that must exist."""
     from pathlib import Path
@@ -288,10 +298,10 @@ def validate(cfg: TrainConfig) -> None:
     _choice("loss.backend", cfg.loss.backend, ("auto", "triton", "torch"))
     _choice("loss.packed_attention", cfg.loss.packed_attention, ("auto", "sdpa", "varlen", "flash"))
     _validate_levers(cfg)
+    _validate_ranges(cfg)
     _choice("trainer.lr_schedule", cfg.trainer.lr_schedule, ("constant", "cosine"))
     _choice("trainer.mixed_precision", cfg.trainer.mixed_precision, ("auto", "bf16", "fp32"))
     for name, value in [
-        ("rollout.group_size", cfg.rollout.group_size),
         ("rollout.temperature", cfg.rollout.temperature),
         ("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
         ("loss.micro_batch_tokens", cfg.loss.micro_batch_tokens),
@@ -309,6 +319,41 @@ def validate(cfg: TrainConfig) -> None:
         raise FileNotFoundError(f"trainer.resume: no such run directory: {cfg.trainer.resume}")
 
 
+def _validate_ranges(cfg: TrainConfig) -> None:
+    """Numeric settings whose meaningful range is narrower than their type."""
+    rollout, loss, trainer, ev, sft = cfg.rollout, cfg.loss, cfg.trainer, cfg.eval, cfg.cold_start
+    # A group of one response has advantage 0 (its own mean), so a run with G = 1 would train nothing.
+    _at_least("rollout.group_size", rollout.group_size, 2, " (group-relative advantages need a group)")
+    _positive("rollout.generation_batch_size", rollout.generation_batch_size)
+    if not 0 <= loss.clip_low < 1:  # the ratio's lower bound 1 - clip_low must stay positive
+        raise ValueError(f"loss.clip_low must be in [0, 1), got {loss.clip_low!r}")
+    _at_least("loss.clip_high", loss.clip_high, 0)
+    if loss.dual_clip is not None and not loss.dual_clip > 1:
+        raise ValueError(f"loss.dual_clip must be > 1 (or null: off), got {loss.dual_clip!r}")
+    if loss.sum_norm_length is not None:
+        _positive("loss.sum_norm_length", loss.sum_norm_length)
+    _at_least("loss.kl_coef", loss.kl_coef, 0)
+    _at_least("loss.entropy_coef", loss.entropy_coef, 0)
+    _positive("trainer.grad_clip", trainer.grad_clip)
+    _at_least("trainer.warmup_steps", trainer.warmup_steps, 0)
+    _at_least("trainer.weight_decay", trainer.weight_decay, 0)
+    _at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
+    _positive("data.train_problems", cfg.data.train_problems)
+    _positive("eval.problems", ev.problems)
+    _positive("eval.temperature", ev.temperature)
+    _positive("eval.max_new_tokens", ev.max_new_tokens)
+    if not 0 < ev.top_p <= 1:
+        raise ValueError(f"eval.top_p must be in (0, 1], got {ev.top_p!r}")
+    _at_least("eval.every", ev.every, 0)
+    for name in ("steps", "batch_size", "lr", "length_group", "max_grad_norm", "num_problems"):
+        _positive(f"cold_start.{name}", getattr(sft, name))
+    _at_least("cold_start.warmup_steps", sft.warmup_steps, 0)
+    _at_least("cold_start.weight_decay", sft.weight_decay, 0)
+    _choice("cold_start.schedule", sft.schedule, ("constant", "cosine"))
+    for name in ("slip_prob", "check_prob", "space_prob"):
+        _probability(f"cold_start.{name}", getattr(sft, name))
+
+
 def _validate_levers(cfg: TrainConfig) -> None:
     """The study's levers: regime, reward and injection settings."""
     from pathlib import Path
@@ -322,6 +367,10 @@ def _validate_levers(cfg: TrainConfig) -> None:
     if regime.name == "neg_to_pos":
         if regime.switch_step is None and regime.switch_accuracy is None:
             raise ValueError("regime=neg_to_pos needs regime.switch_step or regime.switch_accuracy")
+        if regime.switch_step is not None:
+            _at_least("regime.switch_step", regime.switch_step, 0)
+        if regime.switch_accuracy is not None:
+            _probability("regime.switch_accuracy", regime.switch_accuracy)
         if regime.switch_accuracy is not None and cfg.eval.every <= 0:
             raise ValueError("regime.switch_accuracy needs periodic evaluation: set eval.every > 0")
     _choice("reward.name", cfg.reward.name, ("binary", "rlr"))
