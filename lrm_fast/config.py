@@ -267,19 +267,7 @@ def _probability(name: str, value) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Checks beyond types, run before any work: choices, ranges, files that must exist."""
-    from pathlib import Path
-
-    _choice("model.name", cfg.model.name, ("tiny", "pretrained"))
-    if cfg.model.name == "pretrained" and not cfg.model.path:
-        raise ValueError("model.path is required with model=pretrained (a local directory or HF cache id)")
-    _choice("data.name", cfg.data.name, ("arithmetic", "file"))
-    if cfg.data.name == "file":
-        if not cfg.data.train_path:
-            raise ValueError("data.train_path is required with data=file")
-        for key in ("train_path", "heldout_path"):
-            path = getattr(cfg.data, key)
-            if path and not Path(path).expanduser().is_file():
-                raise FileNotFoundError(f"data.{key}: no such file: {path}")
+    _validate_inputs(cfg)
     _choice("rollout.backend", cfg.rollout.backend, ("hf", "vllm"))
     if cfg.rollout.tis_cap is not None and not cfg.rollout.tis_cap >= 1:
         raise ValueError(f"rollout.tis_cap must be >= 1 (or null: off), got {cfg.rollout.tis_cap}")
@@ -315,6 +303,23 @@ def validate(cfg: TrainConfig) -> None:
         _positive(name, value)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+
+
+def _validate_inputs(cfg: TrainConfig) -> None:
+    """The model, data and run directory the job reads: named where they must be, present on disk."""
+    from pathlib import Path
+
+    _choice("model.name", cfg.model.name, ("tiny", "pretrained"))
+    if cfg.model.name == "pretrained" and not cfg.model.path:
+        raise ValueError("model.path is required with model=pretrained (a local directory or HF cache id)")
+    _choice("data.name", cfg.data.name, ("arithmetic", "file"))
+    if cfg.data.name == "file":
+        if not cfg.data.train_path:
+            raise ValueError("data.train_path is required with data=file")
+        for key in ("train_path", "heldout_path"):
+            path = getattr(cfg.data, key)
+            if path and not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"data.{key}: no such file: {path}")
     if cfg.trainer.resume and not Path(cfg.trainer.resume).expanduser().is_dir():
         raise FileNotFoundError(f"trainer.resume: no such run directory: {cfg.trainer.resume}")
 

@@ -143,10 +143,7 @@ class GRPOTrainer:
         cfg, timings = self.cfg, {}
         tick = time.perf_counter()
         examples = self.sampler.next_batch()[self.dist.rank :: self.dist.world_size]
-        prompts = encode(examples, self.tokenizer, cfg.data)
-        params = SamplingParams(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p)
-        with self._generating():
-            rollouts = self.backend.generate(prompts, group_size=cfg.rollout.group_size, params=params)
+        rollouts = self._rollouts(examples)
         timings["time/rollout_s"], tick = time.perf_counter() - tick, time.perf_counter()
 
         scored = score_rollouts(
@@ -164,21 +161,52 @@ class GRPOTrainer:
 
         regime = self.regimes.regime(self.step_count)
         apply_regime(samples, regime, cfg.regime)
+        update, lr = self._update(self._micro_batches(samples))
+        timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
+        self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
+        timings["time/weight_sync_s"] = time.perf_counter() - tick
+        return {
+            **self._sample_metrics(scored),
+            "regime/negative_only": float(regime == "negative"),
+            **_update_metrics(update, lr),
+            **timings,
+            "perf/tokens_per_s": sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9),
+        }
+
+    def _rollouts(self, examples):
+        """G sampled responses to each of this rank's prompts."""
+        prompts = encode(examples, self.tokenizer, self.cfg.data)
+        rollout = self.cfg.rollout
+        params = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p)
+        with self._generating():
+            return self.backend.generate(prompts, group_size=rollout.group_size, params=params)
+
+    def _micro_batches(self, samples) -> list:
+        """Token weights from the global normalisers, then micro-batches under the token budget.
+
+        The normalisers count the regime's kept responses only with `regime.renormalise`; otherwise every
+        response counts, so a pruned step is smaller (the study's behaviour)."""
+        cfg = self.cfg
         counted = [s for s in samples if s.regime_weight > 0] if cfg.regime.renormalise else samples
         normalisers = B.local_normalisers(counted).all_reduce()
         sum_norm = cfg.loss.sum_norm_length or cfg.rollout.max_new_tokens
         B.assign_weights(samples, cfg.loss.aggregation, normalisers, sum_norm)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         budget = cfg.loss.micro_batch_tokens
         if cfg.loss.packing:  # one row per micro-batch, no padding (lrm_fast/packing.py)
             groups = P.packed_micro_batches(samples, budget)
             batches = [P.collate_packed(mb) for mb in groups]
         else:
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             groups = B.micro_batches(samples, budget)
             batches = [B.collate(mb, pad_id) for mb in groups]
         if cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None:
             for batch, group in zip(batches, groups, strict=True):
                 batch.sampler_logprobs = B.sampler_logprobs(group)
+        return batches
+
+    def _update(self, batches):
+        """One optimizer step over `batches`; returns its result and the learning rate it used."""
+        cfg = self.cfg
         self._engine_sleep()
         with self._autocast():
             update = policy_update(
@@ -194,16 +222,7 @@ class GRPOTrainer:
             )
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
-        timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
-        self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
-        timings["time/weight_sync_s"] = time.perf_counter() - tick
-        return {
-            **self._sample_metrics(scored),
-            "regime/negative_only": float(regime == "negative"),
-            **_update_metrics(update, lr),
-            **timings,
-            "perf/tokens_per_s": sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9),
-        }
+        return update, lr
 
     def _sample_metrics(self, scored: ScoredStep) -> dict[str, float]:
         """Rewards, accuracy, zero-advantage shares (before / after the levers), lengths and lever counts,

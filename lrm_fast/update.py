@@ -72,13 +72,7 @@ def micro_batch_loss(
         with torch.no_grad():
             ref_logprobs = reference_logprobs(ref_model, batch, loss_cfg, temperature)
     shaped = batch.injected if shaping_gamma is not None else torch.zeros_like(batch.injected)
-    if loss_cfg.fused_head:
-        hidden = response_hidden(model, batch, loss_cfg.packed_attention)
-        weight = model.lm_head.weight  # tied to the embeddings: autograd adds both of its gradients
-        logits_of = lambda rows: hidden[rows] @ weight.T
-    else:
-        logits = response_logits(model, batch, loss_cfg.packed_attention)
-        logits_of = lambda rows: logits[rows]
+    inputs, logits_of = _policy_forward(model, batch, loss_cfg)
     weights = batch.weights.masked_fill(shaped, 0.0)
     mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
     if batch.sampler_logprobs is not None:
@@ -86,8 +80,13 @@ def micro_batch_loss(
             logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
             factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, tis_cap)
         weights = weights * factor
-    args = (batch.targets, None, batch.advantages, weights)
-    options = dict(
+    loss_fn = grpo_loss_from_hidden if loss_cfg.fused_head else grpo_loss
+    loss, stats = loss_fn(
+        *inputs,
+        batch.targets,
+        None,
+        batch.advantages,
+        weights,
         temperature=temperature,
         clip_low=loss_cfg.clip_low,
         clip_high=loss_cfg.clip_high,
@@ -97,19 +96,25 @@ def micro_batch_loss(
         entropy_coef=loss_cfg.entropy_coef,
         backend=loss_cfg.backend,
     )
-    if loss_cfg.fused_head:
-        loss, stats = grpo_loss_from_hidden(hidden, weight, *args, **options)
-    else:
-        loss, stats = grpo_loss(logits, *args, **options)
     stats["mismatch"] = mismatch
-    has_shaped = bool(shaped.any())
-    shaped_logits = logits_of(shaped) if has_shaped else None
-    if has_shaped:
-        shaping = shaped_injection_loss(
+    if shaped.any():
+        shaped_logits = logits_of(shaped)
+        loss = loss + shaped_injection_loss(
             shaped_logits, batch, shaped, temperature, shaping_gamma, loss_cfg.backend
         )
-        loss = loss + shaping
     return loss, stats
+
+
+def _policy_forward(model, batch: MicroBatch, loss_cfg: LossConfig):
+    """(the loss kernel's leading inputs, logits_of(rows) -> [rows, V]) of the policy's forward.
+
+    Plain: (logits,). Fused head: (hidden, head weight), and logits only for the rows asked for."""
+    if not loss_cfg.fused_head:
+        logits = response_logits(model, batch, loss_cfg.packed_attention)
+        return (logits,), lambda rows: logits[rows]
+    hidden = response_hidden(model, batch, loss_cfg.packed_attention)
+    weight = model.lm_head.weight  # tied to the embeddings: autograd adds both of its gradients
+    return (hidden, weight), lambda rows: hidden[rows] @ weight.T
 
 
 def reference_logprobs(
@@ -206,11 +211,17 @@ def policy_update(
                 model, ref_model, batch, loss_cfg, temperature, shaping_gamma, tis_cap
             )
             (loss * gradient_scale()).backward()
-        kept = stats["kept_tokens"].item()
+            kept = stats["kept_tokens"].item()
         totals += torch.tensor([stats[k].item() * kept for k in SUMMED_STATS] + [kept, loss.item()])
         mismatch += stats["mismatch"]
     all_reduce(totals)
     all_reduce(mismatch)
+    grad_norm, skipped = _clipped_step(model, optimizer, grad_clip)
+    return UpdateResult(totals[-1].item(), grad_norm, skipped, _mean_stats(totals, mismatch))
+
+
+def _clipped_step(model, optimizer, grad_clip: float) -> tuple[float, bool]:
+    """Clip the gradient norm and step; a non-finite norm skips the step (and drops the gradients)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     skipped = not math.isfinite(grad_norm)
@@ -218,13 +229,18 @@ def policy_update(
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
+    return grad_norm, skipped
+
+
+def _mean_stats(totals: torch.Tensor, mismatch: torch.Tensor) -> dict[str, float]:
+    """Token-weighted means of the kernel stats, and the sampler mismatch per known token."""
     kept = max(totals[-2].item(), 1.0)
     stats = {k: totals[i].item() / kept for i, k in enumerate(SUMMED_STATS)}
     stats["kept_tokens"] = totals[-2].item()
     if mismatch[-1] > 0:
         count = mismatch[-1].item()
         stats |= {k: mismatch[i].item() / count for i, k in enumerate(MISMATCH_SUMS[:-1])}
-    return UpdateResult(totals[-1].item(), grad_norm, skipped, stats)
+    return stats
 
 
 def _agreed_count(count: int) -> int:
