@@ -5,28 +5,20 @@ Every op takes `backend="auto" | "triton" | "torch"`: auto is triton for CUDA te
 memory-frugal torch backend.
 """
 
-import importlib
+import importlib.machinery
+import importlib.util
+import os
 import sys
 
 
-def _installed_package():
-    """lrm_fast.kernels when this folder is being imported under another name and that package exists."""
-    if __name__ == "lrm_fast.kernels":
-        return None
-    try:
-        return importlib.import_module("lrm_fast.kernels")
-    except ImportError:  # lrm_fast not installed: this folder is the only copy, so it loads as itself
-        return None
+def _spec_outside_checkout(name: str):
+    """The spec Python would find for the top-level `name` if this checkout's root were not on sys.path."""
+    root = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != root]
+    return importlib.machinery.PathFinder.find_spec(name, path)
 
 
-# This folder is the package lrm_fast.kernels. With a checkout's root on sys.path (pytest, `python -m`
-# there) it is also importable as a top-level `kernels`, and transformers imports that name while it
-# probes for the Hugging Face `kernels` package. Running these modules a second time would define the
-# custom ops again, and torch frees an op's old registration when its name is redefined: the ops held by
-# lrm_fast.kernels would then read freed memory (seen as a segfault or "ValueError: vector::reserve").
-# So a second name gets the same modules.
-_package = _installed_package()
-if _package is None:
+if __name__ == "lrm_fast.kernels":
     from .advantages import group_advantages
     from .fused_head import grpo_loss_from_hidden
     from .grpo_loss import grpo_loss
@@ -35,6 +27,22 @@ if _package is None:
 
     __all__ = ["GroupAdvantages", "group_advantages", "grpo_loss", "grpo_loss_from_hidden", "token_logprobs"]
 else:
-    for _name, _module in list(sys.modules.items()):
-        if _name == _package.__name__ or _name.startswith(_package.__name__ + "."):
-            sys.modules[__name__ + _name[len(_package.__name__) :]] = _module
+    # This folder is the package lrm_fast.kernels (a package-dir mapping). With a checkout's root on
+    # sys.path (pytest, `python -m`, torchrun) it is also found as a top-level `kernels`, a name that
+    # belongs to the Hugging Face package transformers imports. Under that name the folder steps aside:
+    # the installed package takes this module's place in sys.modules, and the import statement returns
+    # whatever is there once this module has run. Where none is installed, this stays an empty package
+    # without submodules: transformers' probe finds no version (so no hub kernels), and none of our op
+    # registrations runs a second time (torch frees an op's registration when its name is defined again,
+    # leaving the ops lrm_fast.kernels holds pointing at freed memory).
+    _spec = _spec_outside_checkout(__name__)
+    if _spec is None:
+        __path__ = []
+    else:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules[__name__] = _module
+        try:
+            _spec.loader.exec_module(_module)
+        except BaseException:
+            del sys.modules[__name__]
+            raise

@@ -1,35 +1,32 @@
-"""The kernels folder imported under a second name (a top-level `kernels`, as transformers does while it
-probes for the Hugging Face package of that name) must reuse lrm_fast.kernels: running the modules again
-would redefine the custom ops and leave the ones lrm_fast.kernels holds pointing at freed registrations."""
+"""The top-level name `kernels` belongs to the Hugging Face package that transformers imports; the checkout's
+kernels/ folder is lrm_fast.kernels. With the checkout's root on sys.path (pytest, `python -m`, torchrun),
+importing `kernels` must give the installed package, or, where none is installed, an empty placeholder
+that neither breaks transformers' probe nor registers our custom ops a second time."""
 
+import importlib.machinery
 import os
 import pathlib
 import subprocess
 import sys
+import sysconfig
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-# Runs in a fresh process whose sys.path starts with the checkout's root, as under pytest or `python -m`.
-SCRIPT = """
-import sys
-import torch
+# Custom ops and their registrations before and after the top-level import: a second registration under
+# the same name would free the first, which lrm_fast.kernels still holds.
+REGISTRATIONS = """
 import torch._library.custom_ops as custom_ops
-
-import lrm_fast.kernels as installed
+import lrm_fast.kernels
 from lrm_fast.kernels import grpo_loss
-
-ops = [name for name in custom_ops.OPDEF_TO_LIB if name.startswith("lrm_fast::")]
+ops = sorted(name for name in custom_ops.OPDEF_TO_LIB if name.startswith("lrm_fast::"))
 libraries = {name: custom_ops.OPDEF_TO_LIB[name] for name in ops}
-
-import kernels
-import kernels.grpo_loss
-from transformers.utils.import_utils import is_kernels_available
-
-print("ops", sorted(ops))
-print("same package", kernels is installed)
-print("same module", sys.modules["kernels.grpo_loss"] is sys.modules["lrm_fast.kernels.grpo_loss"])
+"""
+AFTER = """
+import torch
+print("ops", ops)
 print("registrations kept", all(custom_ops.OPDEF_TO_LIB[name] is libraries[name] for name in ops))
-print("hf kernels found", is_kernels_available())
 logits = torch.randn(6, 40, requires_grad=True)
 loss, _ = grpo_loss(logits, torch.arange(6), torch.full((6,), -3.0), torch.randn(6), torch.full((6,), 1 / 6),
                     backend="triton")
@@ -38,33 +35,107 @@ print("loss finite", bool(torch.isfinite(loss)) and bool(torch.isfinite(logits.g
 """
 
 
-def test_top_level_kernels_import_reuses_lrm_fast_kernels():
-    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+def _installed_kernels():
+    path = [p for p in sys.path if pathlib.Path(p or os.curdir).resolve() != ROOT]
+    return importlib.machinery.PathFinder.find_spec("kernels", path)
+
+
+def _python(args, env=None, timeout=300):
+    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "'lrm_fast::grpo_loss_fwd'" in result.stdout
-    assert "'lrm_fast::token_logprobs_fwd'" in result.stdout
-    assert "same package True" in result.stdout
-    assert "same module True" in result.stdout
-    assert "registrations kept True" in result.stdout
-    assert "hf kernels found False" in result.stdout
-    assert "loss finite True" in result.stdout
 
 
-def test_without_lrm_fast_the_folder_loads_as_itself():
-    # A checkout that is not installed: `lrm_fast.kernels` does not resolve, and the top-level name must
-    # still load (transformers' probe imports it whatever is installed).
+def _assert_ops_untouched(stdout):
+    assert "'lrm_fast::grpo_loss_fwd'" in stdout
+    assert "'lrm_fast::token_logprobs_fwd'" in stdout
+    assert "registrations kept True" in stdout
+    assert "loss finite True" in stdout
+
+
+def test_top_level_kernels_is_the_installed_package():
+    installed = _installed_kernels()
+    if installed is None:
+        pytest.skip("the Hugging Face `kernels` package is not installed here (its absence is tested below)")
     script = (
-        "import sys\n"
-        "sys.modules['lrm_fast.kernels'] = None\n"  # makes `import lrm_fast.kernels` fail
-        "import kernels\n"
-        "print('standalone', kernels.__name__, callable(kernels.grpo_loss))\n"
+        REGISTRATIONS
+        + "import kernels\n"
+        + "import transformers.integrations.hub_kernels\n"
+        + "from transformers.utils.import_utils import is_kernels_available\n"
+        + "print('file', kernels.__file__)\n"
+        + "print('hub kernels', is_kernels_available())\n"
+        + AFTER
     )
-    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    result = _python(["-c", script])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"file {installed.origin}\n" in result.stdout
+    assert "hub kernels True" in result.stdout
+    _assert_ops_untouched(result.stdout)
+
+
+def _site_packages_without_kernels(overlay: pathlib.Path) -> pathlib.Path:
+    """A site directory with every installed distribution except the Hugging Face `kernels`."""
+    site_packages = pathlib.Path(sysconfig.get_paths()["purelib"])
+    overlay.mkdir()
+    for entry in site_packages.iterdir():
+        if entry.name != "kernels" and not entry.name.startswith("kernels-"):
+            (overlay / entry.name).symlink_to(entry)
+    return overlay
+
+
+def test_without_the_installed_package_the_name_is_an_empty_placeholder(tmp_path):
+    overlay = _site_packages_without_kernels(tmp_path / "site")
+    script = (
+        f"import site; site.addsitedir({str(overlay)!r})\n"
+        + REGISTRATIONS
+        + "import kernels\n"
+        + "import transformers.integrations.hub_kernels\n"
+        + "from transformers.utils.import_utils import is_kernels_available\n"
+        + "print('file', kernels.__file__, kernels.__path__)\n"
+        + "print('hub kernels', is_kernels_available())\n"
+        + "try:\n"
+        + "    import kernels.grpo_loss\n"
+        + "except ModuleNotFoundError:\n"
+        + "    print('no submodules')\n"
+        + AFTER
+    )
+    result = _python(["-S", "-c", script])  # -S: the site directory is the overlay alone
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"file {ROOT / 'kernels' / '__init__.py'} []" in result.stdout
+    assert "hub kernels False" in result.stdout
+    assert "no submodules" in result.stdout
+    _assert_ops_untouched(result.stdout)
+
+
+# Two steps of the embedded default with a 40-step cold start: seconds, and every stage of a run.
+QUICK = [
+    "trainer=smoke",
+    "trainer.steps=2",
+    "trainer.prompts_per_step=8",
+    "rollout.group_size=4",
+    "eval.problems=16",
+    "cold_start.steps=40",
+    "cold_start.batch_size=32",
+    "cold_start.warmup_steps=5",
+    "cold_start.num_problems=2000",
+    "data.train_problems=200",
+    "trainer.progress_bar=false",
+]
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        pytest.param([], id="python-m"),
+        pytest.param(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"], id="torchrun-2"),
+    ],
+)
+def test_train_launches_from_the_checkout_root(launcher, tmp_path):
+    env = {"LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    run = tmp_path / "run"
+    result = _python(
+        [*launcher, "-m", "lrm_fast.cli.train", *QUICK, f"hydra.run.dir={run}"], env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "standalone kernels True" in result.stdout
+    assert (run / "summary.json").exists()
