@@ -1,1 +1,0 @@
-"""Built-in tasks: seeded generators of verifiable problems with reference solutions."""
