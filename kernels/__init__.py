@@ -20,12 +20,20 @@ def _spec_outside_checkout(name: str):
 
 if __name__ == "lrm_fast.kernels":
     from .advantages import group_advantages
+    from .checks import Backend
     from .fused_head import grpo_loss_from_hidden
     from .grpo_loss import grpo_loss
     from .logprobs import token_logprobs
     from .reference import GroupAdvantages
 
-    __all__ = ["GroupAdvantages", "group_advantages", "grpo_loss", "grpo_loss_from_hidden", "token_logprobs"]
+    __all__ = [
+        "Backend",
+        "GroupAdvantages",
+        "group_advantages",
+        "grpo_loss",
+        "grpo_loss_from_hidden",
+        "token_logprobs",
+    ]
 else:
     # This folder is the package lrm_fast.kernels (a package-dir mapping). With a checkout's root on
     # sys.path (pytest, `python -m`, torchrun) it is also found as a top-level `kernels`, a name that

@@ -4,18 +4,31 @@ Bad input raises ValueError naming the argument. Checks that read tensor values 
 are skipped while torch.compile traces, since they would force a device sync and a graph break.
 """
 
+import enum
+
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+
+class Backend(str, enum.Enum):
+    """Which implementation runs an op. A str enum, so the plain strings compare equal to its members;
+    members are named by their values, so a config's `backend: triton` converts by name."""
+
+    auto = "auto"  # triton for CUDA tensors, torch otherwise
+    triton = "triton"
+    torch = "torch"
+
+
+BACKENDS = tuple(member.value for member in Backend)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+def resolve_backend(backend: Backend | str, tensor: torch.Tensor) -> Backend:
+    """The backend that runs on `tensor`: Backend.triton or Backend.torch, never auto."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if tensor.is_cuda else "torch"
-    return backend
+    if backend == Backend.auto:
+        return Backend.triton if tensor.is_cuda else Backend.torch
+    return Backend(backend)
 
 
 def check_logits(logits: torch.Tensor, backend: str) -> None:
@@ -95,3 +108,8 @@ def check_hidden_and_weight(hidden: torch.Tensor, weight: torch.Tensor, backend:
 def check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def check_reference(ref_logprobs: torch.Tensor | None, kl_coef: float) -> None:
+    if kl_coef and ref_logprobs is None:
+        raise ValueError("ref_logprobs is required when kl_coef > 0")

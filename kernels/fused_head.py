@@ -23,33 +23,37 @@ forward and backward; no recompute. The kept-token count costs one host sync per
 
 import torch
 
-from . import chunked
-from .checks import check_hidden_and_weight, check_targets, check_vector, resolve_backend
-from .grpo_loss import grpo_rows_fwd, loss_options
-from .policy_terms import STAT_NAMES, policy_terms
-from .softmax_rows import scale_
-
-# Per backend, the row passes that turn a chunk of logits into its gradient (and logp, entropy).
-ROW_PASSES = {"torch": chunked.grpo_rows_fwd, "triton": grpo_rows_fwd}
+from .checks import (
+    Backend,
+    check_hidden_and_weight,
+    check_reference,
+    check_targets,
+    check_vector,
+    resolve_backend,
+)
+from .grpo_loss import ROW_PASSES, SCALE
+from .policy_terms import STAT_NAMES, LossOptions, policy_terms, take_stored_grads
 
 # Logits elements per chunk when chunk_size is None. torch: the chunk math holds three fp32 chunks at
 # once (16 MiB each, 131 rows at V=32000); more rows speed the CPU matmuls up only a little. triton: rows
 # enough for the GPU's matmuls to run at full rate (e.g. 883 rows at V=151936: a 256 MiB bf16 chunk).
-CHUNK_ELEMENTS = {"torch": 1 << 22, "triton": 1 << 27}
+CHUNK_ELEMENTS = {Backend.torch: 1 << 22, Backend.triton: 1 << 27}
 
 
-def _kept_rows(advantages, weights, options) -> torch.Tensor | None:
+def _kept_rows(advantages, weights, options: LossOptions) -> torch.Tensor | None:
     """Indices of the tokens with a nonzero loss scale (weights * sign weight), or None for all of them."""
     keep = weights != 0
-    if options["positive_weight"] == 0:
+    if options.positive_weight == 0:
         keep &= ~(advantages > 0)
-    if options["negative_weight"] == 0:
+    if options.negative_weight == 0:
         keep &= ~(advantages < 0)
     kept = keep.nonzero().squeeze(1)  # a host sync, once per call: the chunk loop needs the count
     return None if kept.numel() == keep.numel() else kept
 
 
-def grpo_loss_from_hidden_fwd(hidden, weight, targets, vectors, options, *, rows, backend, needs_grad):
+def grpo_loss_from_hidden_fwd(
+    hidden, weight, targets, vectors, options: LossOptions, *, rows, backend, needs_grad
+):
     """Loss, stats [6] and (grad_hidden, grad_weight), each None where `needs_grad` says so.
 
     `vectors` are (old_logp, advantages, weights, ref_logp), [N] or None.
@@ -64,16 +68,13 @@ def grpo_loss_from_hidden_fwd(hidden, weight, targets, vectors, options, *, rows
     logp, entropy = (torch.empty(n_kept, dtype=dtype, device=hidden.device) for _ in range(2))
     grad_hidden = torch.zeros_like(hidden) if needs_grad[0] else None
     grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_grad[1] else None
-    term_options = {k: v for k, v in options.items() if k != "temperature"}
     for i in range(0, n_kept, rows):
         j = min(i + rows, n_kept)
         index = slice(i, j) if kept is None else kept[i:j]
         h = hidden[index]  # [c, H]
         logits = h @ weight.T  # [c, V]; the row passes overwrite it with its gradient
         chunk = (targets[i:j], *(None if t is None else t[i:j] for t in vectors))
-        logp[i:j], entropy[i:j], _ = rows_fwd(
-            logits, *chunk, logits, temperature=options["temperature"], **term_options
-        )
+        logp[i:j], entropy[i:j], _ = rows_fwd(logits, *chunk, logits, options)
         if grad_hidden is not None:
             grad_hidden[index] = logits @ weight
         if grad_weight is None:
@@ -82,7 +83,7 @@ def grpo_loss_from_hidden_fwd(hidden, weight, targets, vectors, options, *, rows
             grad_weight.addmm_(logits.T, h)
         else:  # bf16 / fp16: the matmul in that dtype, the sum over chunks in fp32
             grad_weight += logits.T @ h
-    terms = policy_terms(logp, entropy, *vectors, **term_options)
+    terms = policy_terms(logp, entropy, *vectors, options)
     if grad_weight is not None:
         grad_weight = grad_weight.to(weight.dtype)
     stats = torch.stack([terms.stats[name] for name in STAT_NAMES])
@@ -96,7 +97,7 @@ class _GRPOLossFromHidden(torch.autograd.Function):
     ):
         vectors = (old_logp, advantages, weights, ref_logp)
         needs_grad = ctx.needs_input_grad[:2]
-        loss, stats, ctx.grads = grpo_loss_from_hidden_fwd(
+        loss, stats, ctx.stored_grads = grpo_loss_from_hidden_fwd(
             hidden, weight, targets, vectors, options, rows=rows, backend=backend, needs_grad=needs_grad
         )
         ctx.backend = backend
@@ -105,15 +106,13 @@ class _GRPOLossFromHidden(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
-        if ctx.grads is None:
-            raise RuntimeError("grpo_loss_from_hidden: backward ran twice; its gradients are scaled in place")
-        grads, ctx.grads = ctx.grads, None
-        # Triton's scale_ reads grad_loss on the device and skips the pass when it is 1 (no host sync).
-        scale = scale_ if ctx.backend == "triton" else lambda g, s: g.mul_(s.to(g.dtype))
-        grad_hidden, grad_weight = (None if g is None else scale(g, grad_loss.float()) for g in grads)
+        grads = take_stored_grads(ctx, "grpo_loss_from_hidden")
+        scale = grad_loss.float()  # fp32 on both backends, as the Triton scale kernel reads it
+        grad_hidden, grad_weight = (None if g is None else SCALE[ctx.backend](g, scale) for g in grads)
         return grad_hidden, grad_weight, *[None] * 8
 
 
+# Long for its signature and argument docs: the keyword contract of grpo_loss, spelled out once more.
 def grpo_loss_from_hidden(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -158,7 +157,7 @@ def grpo_loss_from_hidden(
         check_vector(name, vector, hidden, optional=True, against="hidden")
     for name, vector in (("advantages", advantages), ("weights", weights)):
         check_vector(name, vector, hidden, against="hidden")
-    options = loss_options(
+    options = LossOptions(
         temperature=temperature,
         clip_low=clip_low,
         clip_high=clip_high,
@@ -167,8 +166,8 @@ def grpo_loss_from_hidden(
         negative_weight=negative_weight,
         kl_coef=kl_coef,
         entropy_coef=entropy_coef,
-        ref_logprobs=ref_logprobs,
     )
+    check_reference(ref_logprobs, options.kl_coef)
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS[backend] // weight.shape[0])
     elif not (isinstance(chunk_size, int) and chunk_size > 0):

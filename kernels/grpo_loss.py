@@ -16,30 +16,41 @@ into per-token gradient coefficients (`policy_terms.py`), pass 2 reads the logit
 gradient: 2 reads + 1 write of [N, V], the floor for a loss whose backward needs softmax. Backward only
 scales the stored gradient (no pass at all when grad_output == 1). Extra memory: one logits-sized gradient
 buffer, or none with inplace=True, which writes the gradient over the logits (they are unusable after).
+
+Layers: the row kernels and their custom ops (softmax_rows.py) -> the launchers here (chunked.py's
+for the torch backend) -> `_GRPOLoss`, the one autograd.Function of both backends and of inplace=True
+-> `grpo_loss`, which checks the inputs and builds the `LossOptions` every layer below receives.
 """
 
 import torch
 
 from . import chunked
-from .checks import check_logits, check_positive, check_targets, check_vector, resolve_backend
-from .policy_terms import STAT_NAMES, policy_terms
+from .checks import (
+    Backend,
+    check_logits,
+    check_reference,
+    check_targets,
+    check_vector,
+    resolve_backend,
+)
+from .policy_terms import STAT_NAMES, LossOptions, policy_terms, take_stored_grads
 from .softmax_rows import scale_, softmax_grad, softmax_stats_fwd
 
 
-def grpo_rows_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, *, temperature, **options):
+def grpo_rows_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, options: LossOptions):
     """Both passes over rows of logits; the gradient goes to `out` (may be `logits`).
 
     Returns (logp, entropy, terms): [N] fp32 log-probs and entropies, and the per-token PolicyTerms.
     """
-    logp, lse, entropy = softmax_stats_fwd(logits, targets, temperature, with_entropy=True)
-    terms = policy_terms(logp, entropy, old_logp, advantages, weights, ref_logp, **options)
-    with_entropy = options["entropy_coef"] != 0
+    logp, lse, entropy = softmax_stats_fwd(logits, targets, options.temperature, with_entropy=True)
+    terms = policy_terms(logp, entropy, old_logp, advantages, weights, ref_logp, options)
+    with_entropy = options.entropy_coef != 0
     softmax_grad(
         logits,
         targets,
         lse,
         terms.dlogp.contiguous(),
-        temperature,
+        options.temperature,
         out,
         entropy=entropy if with_entropy else None,
         dentropy=terms.dentropy.contiguous() if with_entropy else None,
@@ -47,108 +58,39 @@ def grpo_rows_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out,
     return logp, entropy, terms
 
 
-def grpo_loss_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, *, temperature, **options):
-    """Launch both passes; the gradient goes to `out` (may be `logits`). Returns (loss, stats [6])."""
-    _, _, terms = grpo_rows_fwd(
-        logits, targets, old_logp, advantages, weights, ref_logp, out, temperature=temperature, **options
-    )
+def grpo_loss_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, options: LossOptions):
+    """Both passes over all rows; the gradient goes to `out` (may be `logits`). Returns (loss, stats [6])."""
+    _, _, terms = grpo_rows_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, options)
     return terms.loss, torch.stack([terms.stats[name] for name in STAT_NAMES])
 
 
-@torch.library.custom_op("lrm_fast::grpo_loss_fwd", mutates_args=())
-def _grpo_loss_op(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    old_logprobs: torch.Tensor | None,
-    advantages: torch.Tensor,
-    weights: torch.Tensor,
-    ref_logprobs: torch.Tensor | None,
-    temperature: float,
-    clip_low: float,
-    clip_high: float,
-    dual_clip: float | None,
-    positive_weight: float,
-    negative_weight: float,
-    kl_coef: float,
-    entropy_coef: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad = torch.empty_like(logits)
-    loss, stats = grpo_loss_fwd(
-        logits,
-        targets,
-        old_logprobs,
-        advantages,
-        weights,
-        ref_logprobs,
-        grad,
-        temperature=temperature,
-        clip_low=clip_low,
-        clip_high=clip_high,
-        dual_clip=dual_clip,
-        positive_weight=positive_weight,
-        negative_weight=negative_weight,
-        kl_coef=kl_coef,
-        entropy_coef=entropy_coef,
-    )
-    return loss, stats, grad
+# Per backend, its launchers (the same signatures on both): the row passes over a chunk of logits (also
+# used by fused_head.py), the whole loss forward, and the in-place scale of a stored gradient.
+ROW_PASSES = {Backend.torch: chunked.grpo_rows_fwd, Backend.triton: grpo_rows_fwd}
+FORWARD = {Backend.torch: chunked.grpo_loss_fwd, Backend.triton: grpo_loss_fwd}
+SCALE = {Backend.torch: chunked.scale_, Backend.triton: scale_}
 
 
-@_grpo_loss_op.register_fake
-def _(logits, targets, old_logprobs, advantages, weights, ref_logprobs, *options):
-    scalar = logits.new_empty((), dtype=torch.float32)
-    return scalar, logits.new_empty(len(STAT_NAMES), dtype=torch.float32), torch.empty_like(logits)
-
-
-@torch.library.custom_op("lrm_fast::scale_", mutates_args=("x",))
-def _scale_op(x: torch.Tensor, scale: torch.Tensor) -> None:
-    scale_(x, scale.float())
-
-
-@_scale_op.register_fake
-def _(x, scale):
-    return None
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[2])
-    ctx.consumed = False
-
-
-def _backward(ctx, grad_loss, _grad_stats, _grad_grad):
-    if ctx.consumed:
-        raise RuntimeError("grpo_loss: backward ran twice; its gradient buffer is scaled in place")
-    ctx.consumed = True
-    (grad,) = ctx.saved_tensors
-    _scale_op(grad, grad_loss)  # in place: the stored gradient becomes the returned one, no new buffer
-    return (grad, *[None] * 13)
-
-
-_grpo_loss_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _GRPOLossInplace(torch.autograd.Function):
-    """Eager-only variant that writes the gradient over the logits: O(N) extra memory."""
-
+class _GRPOLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, old_logp, advantages, weights, ref_logp, options):
-        loss, stats = grpo_loss_fwd(
-            logits, targets, old_logp, advantages, weights, ref_logp, logits, **options
-        )
-        # The kernel's writes bypass autograd; bump the version so that any other user of these logits
-        # saved for backward fails loudly instead of reading gradients.
-        torch.autograd.graph.increment_version(logits)
-        ctx.grad = logits
+    def forward(ctx, logits, targets, old_logp, advantages, weights, ref_logp, options, backend, inplace):
+        # In place, the launches' writes bump the logits' version (the custom ops declare the mutation),
+        # so any other user that saved these logits for backward fails loudly instead of reading gradients.
+        grad = logits if inplace else torch.empty_like(logits)
+        vectors = (targets, old_logp, advantages, weights, ref_logp)
+        loss, stats = FORWARD[backend](logits, *vectors, grad, options)
+        ctx.stored_grads, ctx.backend = (grad,), backend
         ctx.mark_non_differentiable(stats)
         return loss, stats
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_stats):
-        if ctx.grad is None:
-            raise RuntimeError("grpo_loss: backward ran twice; its gradient buffer is scaled in place")
-        grad, ctx.grad = ctx.grad, None
-        return scale_(grad, grad_loss.float()), None, None, None, None, None, None
+        (grad,) = take_stored_grads(ctx, "grpo_loss")
+        # In place: the stored gradient becomes the returned one, no new [N, V] buffer.
+        return SCALE[ctx.backend](grad, grad_loss), *[None] * 8
 
 
+# Long for its signature and argument docs: the keyword contract of DESIGN.md, spelled out.
 def grpo_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -195,7 +137,7 @@ def grpo_loss(
     """
     backend = resolve_backend(backend, logits)
     _check_inputs(logits, targets, old_logprobs, advantages, weights, ref_logprobs, backend)
-    options = loss_options(
+    options = LossOptions(
         temperature=temperature,
         clip_low=clip_low,
         clip_high=clip_high,
@@ -204,35 +146,18 @@ def grpo_loss(
         negative_weight=negative_weight,
         kl_coef=kl_coef,
         entropy_coef=entropy_coef,
-        ref_logprobs=ref_logprobs,
     )
-    targets = targets.long()
+    check_reference(ref_logprobs, options.kl_coef)
     if logits.shape[0] == 0:
         zero = logits.float().sum() * 0.0  # keeps the graph so backward gives an empty gradient
         return zero, {name: torch.zeros((), device=logits.device) for name in STAT_NAMES}
-    if backend == "torch":
-        return chunked.grpo_loss(
-            logits,
-            targets,
-            old_logprobs,
-            advantages,
-            weights,
-            ref_logprobs=ref_logprobs,
-            inplace=inplace,
-            **options,
-        )
-    if inplace:
-        if not logits.is_contiguous():
-            raise ValueError("logits must be contiguous for inplace=True")
-        loss, stats = _GRPOLossInplace.apply(
-            logits, targets, old_logprobs, advantages, weights, ref_logprobs, options
-        )
-    else:
-        if logits.stride(-1) != 1:
-            logits = logits.contiguous()
-        loss, stats, _ = _grpo_loss_op(
-            logits, targets, old_logprobs, advantages, weights, ref_logprobs, **options
-        )
+    if backend == Backend.triton and inplace and not logits.is_contiguous():
+        raise ValueError("logits must be contiguous for inplace=True")  # the scale kernel reads it flat
+    if backend == Backend.triton and logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    # Contiguous targets: the kernels index them as a flat array.
+    vectors = (targets.long().contiguous(), old_logprobs, advantages, weights, ref_logprobs)
+    loss, stats = _GRPOLoss.apply(logits, *vectors, options, backend, inplace)
     return loss, dict(zip(STAT_NAMES, stats.unbind(), strict=True))
 
 
@@ -243,41 +168,3 @@ def _check_inputs(logits, targets, old_logprobs, advantages, weights, ref_logpro
     check_vector("advantages", advantages, logits)
     check_vector("weights", weights, logits)
     check_vector("ref_logprobs", ref_logprobs, logits, optional=True)
-
-
-def loss_options(
-    *,
-    temperature,
-    clip_low,
-    clip_high,
-    dual_clip,
-    positive_weight,
-    negative_weight,
-    kl_coef,
-    entropy_coef,
-    ref_logprobs,
-) -> dict:
-    """The scalar options of grpo_loss, checked and as plain floats (shared with grpo_loss_from_hidden)."""
-    check_positive("temperature", temperature)
-    for name, value in (("clip_low", clip_low), ("clip_high", clip_high), ("kl_coef", kl_coef)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    if clip_low >= 1:
-        raise ValueError(f"clip_low must be < 1 (the ratio's lower bound is 1 - clip_low), got {clip_low}")
-    if dual_clip is not None and not dual_clip > 1:
-        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
-    for name, value in (("positive_weight", positive_weight), ("negative_weight", negative_weight)):
-        if not value >= 0:
-            raise ValueError(f"{name} must be >= 0 (0 drops those tokens), got {value}")
-    if kl_coef and ref_logprobs is None:
-        raise ValueError("ref_logprobs is required when kl_coef > 0")
-    return dict(
-        temperature=float(temperature),
-        clip_low=float(clip_low),
-        clip_high=float(clip_high),
-        dual_clip=None if dual_clip is None else float(dual_clip),
-        positive_weight=float(positive_weight),
-        negative_weight=float(negative_weight),
-        kl_coef=float(kl_coef),
-        entropy_coef=float(entropy_coef),
-    )

@@ -5,60 +5,47 @@
 
 Forward reads the logits once (online logsumexp) and writes 2N fp32 (logp and the lse it keeps for
 backward); backward reads them once more and writes the [N, V] gradient. No [N, V] fp32 intermediate.
-Registered as torch custom ops so that torch.compile treats the Triton launches as opaque calls.
+The kernels are softmax_rows.py's two row passes (custom ops, opaque to torch.compile); the torch
+backend's launchers with the same signatures are in chunked.py.
 """
 
 import torch
 
 from . import chunked
-from .checks import check_logits, check_positive, check_targets, resolve_backend
+from .checks import Backend, check_logits, check_positive, check_targets, resolve_backend
 from .softmax_rows import softmax_grad, softmax_stats_fwd
 
 
-@torch.library.custom_op("lrm_fast::token_logprobs_fwd", mutates_args=())
-def _token_logprobs_fwd(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_fwd(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+    """Returns (logp, lse), [N] fp32 each."""
     logp, lse, _ = softmax_stats_fwd(logits, targets, temperature, with_entropy=False)
     return logp, lse
 
 
-@_token_logprobs_fwd.register_fake
-def _(logits, targets, temperature):
-    return logits.new_empty(logits.shape[0], dtype=torch.float32), logits.new_empty(
-        logits.shape[0], dtype=torch.float32
-    )
-
-
-@torch.library.custom_op("lrm_fast::token_logprobs_bwd", mutates_args=())
-def _token_logprobs_bwd(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    lse: torch.Tensor,
-    grad_logp: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
+def token_logprobs_bwd(logits, targets, lse, grad_logp, temperature) -> torch.Tensor:
+    """dL/dlogits [N, V] in the logits dtype from dL/dlogp [N]."""
     grad_logp = grad_logp.float().contiguous()
     return softmax_grad(logits, targets, lse, grad_logp, temperature, out=torch.empty_like(logits))
 
 
-@_token_logprobs_bwd.register_fake
-def _(logits, targets, lse, grad_logp, temperature):
-    return torch.empty_like(logits)
+# Per backend, its launchers (the same signatures on both).
+FORWARD = {Backend.torch: chunked.token_logprobs_fwd, Backend.triton: token_logprobs_fwd}
+BACKWARD = {Backend.torch: chunked.token_logprobs_bwd, Backend.triton: token_logprobs_bwd}
 
 
-def _setup_context(ctx, inputs, output):
-    logits, targets, temperature = inputs
-    ctx.save_for_backward(logits, targets, output[1])
-    ctx.temperature = temperature
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, backend):
+        logp, lse = FORWARD[backend](logits, targets, temperature)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.backend = temperature, backend
+        return logp
 
-
-def _backward(ctx, grad_logp, _grad_lse):
-    logits, targets, lse = ctx.saved_tensors
-    return _token_logprobs_bwd(logits, targets, lse, grad_logp, ctx.temperature), None, None
-
-
-_token_logprobs_fwd.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, grad_logp):
+        logits, targets, lse = ctx.saved_tensors
+        grad = BACKWARD[ctx.backend](logits, targets, lse, grad_logp, ctx.temperature)
+        return grad, None, None, None
 
 
 def token_logprobs(
@@ -77,15 +64,14 @@ def token_logprobs(
         backend: "auto" (triton for CUDA tensors, torch otherwise), "triton" or "torch".
 
     Returns:
-        [N] fp32 log-probs, differentiable in `logits`.
+        [N] fp32 log-probs (fp64 for fp64 logits), differentiable in `logits`.
     """
     backend = resolve_backend(backend, logits)
     check_logits(logits, backend)
     check_targets(targets, logits)
     check_positive("temperature", temperature)
-    targets = targets.long()
-    if backend == "torch":
-        return chunked.token_logprobs(logits, targets, temperature=temperature)
-    if logits.stride(-1) != 1:
+    if backend == Backend.triton and logits.stride(-1) != 1:
         logits = logits.contiguous()
-    return _token_logprobs_fwd(logits, targets.contiguous(), float(temperature))[0]
+    # Contiguous targets: the kernels index them as a flat array.
+    logp = _TokenLogprobs.apply(logits, targets.long().contiguous(), float(temperature), backend)
+    return logp if logp.dtype == torch.float64 else logp.float()

@@ -15,7 +15,9 @@ import torch
 # exp() of a log-ratio above this overflows nothing in fp32 (e^20 ~ 5e8) and no real update gets near it;
 # shared by every backend so that they clamp at the same place.
 LOG_RATIO_CLAMP = 20.0
-# k3 KL as in the study's verl code ("low_var_kl"): log-ratio clamped to +-20, the estimate to +-10.
+# k3 KL ("low_var_kl"): the estimate is clamped to +-10 as in the study's verl code. The log-ratio clamp
+# to +-20 is ours (later verl releases have it too): without it exp(ref - logp) overflows to inf in fp32
+# for a token the reference finds ~e^88 times likelier, and the clamped estimate's gradient turns NaN.
 KL_LOG_RATIO_CLAMP = 20.0
 KL_CLAMP = 10.0
 
@@ -59,6 +61,7 @@ def group_advantages(
     return GroupAdvantages(advantages.reshape(-1).float(), zero_variance.reshape(-1))
 
 
+# One piece on purpose (longer than the budget): the oracle reads top to bottom as the math of DESIGN.md.
 def grpo_loss(
     logits: torch.Tensor,  # [N, V]
     targets: torch.Tensor,  # [N] int64

@@ -11,6 +11,11 @@ With z = logits / T for one row (one token) and t its target id:
 
 The gradient may be written over the logits (same pointer): each block is read before it is written, by
 the same program. `-inf` logits (masked vocabulary) are valid: they get p = 0 and gradient 0.
+
+Each launch is wrapped in a torch custom op that writes into buffers it receives, so torch.compile sees
+an opaque call; the plain-tensor launchers (`softmax_stats_fwd`, `softmax_grad`, `scale_`) allocate the
+buffers, skip empty inputs and call the ops. Autograd lives in the ops' callers (one autograd.Function
+per public op).
 """
 
 import os
@@ -91,6 +96,7 @@ def _softmax_stats_kernel(
         tl.store(entropy_ptr + row, entropy)
 
 
+# Over the size budget by its arguments, listed one per line and grouped by role.
 @triton.jit
 def _softmax_grad_kernel(
     # data
@@ -154,58 +160,97 @@ def _scale_kernel(x_ptr, scale_ptr, numel, BLOCK: tl.constexpr):
         tl.store(x_ptr + offs, (x * scale).to(x_ptr.dtype.element_ty), mask=mask)
 
 
+# Custom ops: each Triton launch is one opaque call to torch.compile, which traces the autograd functions
+# around them. They write into buffers the launchers allocate (quack's pattern), since an op that
+# mutates cannot return its own buffers and autograd lives in the callers' autograd.Function.
+
+
+@torch.library.custom_op("lrm_fast::softmax_stats", mutates_args=("logp", "lse", "entropy"))
+def _softmax_stats_op(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    logp: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor | None,
+    temperature: float,
+) -> None:
+    vocab = logits.shape[1]
+    _softmax_stats_kernel[(logits.shape[0],)](
+        logits_ptr=logits,
+        targets_ptr=targets,
+        logp_ptr=logp,
+        lse_ptr=lse,
+        entropy_ptr=lse if entropy is None else entropy,
+        V=vocab,
+        stride_logits=logits.stride(0),
+        inv_temperature=1.0 / temperature,
+        WITH_ENTROPY=entropy is not None,
+        BLOCK_V=_block_v(vocab),
+        num_warps=8,
+    )
+
+
+@torch.library.custom_op("lrm_fast::softmax_grad", mutates_args=("out",))
+def _softmax_grad_op(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    dlogp: torch.Tensor,
+    entropy: torch.Tensor | None,
+    dentropy: torch.Tensor | None,
+    temperature: float,
+    out: torch.Tensor,
+) -> None:
+    # `out` may be `logits` itself (grpo_loss's inplace=True). The schema cannot say so, which is why
+    # inplace=True is eager-only: torch.compile's functionalization would assume the two are distinct.
+    vocab = logits.shape[1]
+    with_entropy = dentropy is not None
+    _softmax_grad_kernel[(logits.shape[0],)](
+        logits_ptr=logits,
+        grad_ptr=out,
+        targets_ptr=targets,
+        lse_ptr=lse,
+        entropy_ptr=entropy if with_entropy else lse,
+        dlogp_ptr=dlogp,
+        dentropy_ptr=dentropy if with_entropy else dlogp,
+        V=vocab,
+        stride_logits=logits.stride(0),
+        stride_grad=out.stride(0),
+        inv_temperature=1.0 / temperature,
+        WITH_ENTROPY=with_entropy,
+        SOFTWARE_BF16=INTERPRET and out.dtype == torch.bfloat16,
+        BLOCK_V=_block_v(vocab),
+        num_warps=8,
+    )
+
+
+@torch.library.custom_op("lrm_fast::scale_", mutates_args=("x",))
+def _scale_op(x: torch.Tensor, scale: torch.Tensor) -> None:
+    block = 65536 if INTERPRET else 4096
+    _scale_kernel[(triton.cdiv(x.numel(), block),)](x_ptr=x, scale_ptr=scale, numel=x.numel(), BLOCK=block)
+
+
 def softmax_stats_fwd(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
-    """Pass 1. Returns (logp, lse, entropy or None), each [N] fp32."""
-    n, vocab = logits.shape
+    """Pass 1 over contiguous `targets`. Returns (logp, lse, entropy or None), each [N] fp32."""
+    n = logits.shape[0]
     logp, lse = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(2))
     entropy = torch.empty_like(logp) if with_entropy else None
     if n:
-        _softmax_stats_kernel[(n,)](
-            logits_ptr=logits,
-            targets_ptr=targets,
-            logp_ptr=logp,
-            lse_ptr=lse,
-            entropy_ptr=entropy if with_entropy else lse,
-            V=vocab,
-            stride_logits=logits.stride(0),
-            inv_temperature=1.0 / temperature,
-            WITH_ENTROPY=with_entropy,
-            BLOCK_V=_block_v(vocab),
-            num_warps=8,
-        )
+        _softmax_stats_op(logits, targets, logp, lse, entropy, temperature)
     return logp, lse, entropy
 
 
 def softmax_grad(logits, targets, lse, dlogp, temperature, out, entropy=None, dentropy=None):
-    """Pass 2: writes dL/dlogits into `out` ([N, V], may be `logits` itself) and returns it."""
-    n, vocab = logits.shape
-    with_entropy = dentropy is not None
-    if n:
-        _softmax_grad_kernel[(n,)](
-            logits_ptr=logits,
-            grad_ptr=out,
-            targets_ptr=targets,
-            lse_ptr=lse,
-            entropy_ptr=entropy if with_entropy else lse,
-            dlogp_ptr=dlogp,
-            dentropy_ptr=dentropy if with_entropy else dlogp,
-            V=vocab,
-            stride_logits=logits.stride(0),
-            stride_grad=out.stride(0),
-            inv_temperature=1.0 / temperature,
-            WITH_ENTROPY=with_entropy,
-            SOFTWARE_BF16=INTERPRET and out.dtype == torch.bfloat16,
-            BLOCK_V=_block_v(vocab),
-            num_warps=8,
-        )
+    """Pass 2: writes dL/dlogits into `out` ([N, V], may be `logits` itself) and returns it.
+
+    `dlogp` (and `entropy`, `dentropy` when the entropy term is on) are contiguous [N] fp32."""
+    if logits.shape[0]:
+        _softmax_grad_op(logits, targets, lse, dlogp, entropy, dentropy, temperature, out)
     return out
 
 
 def scale_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x *= scale in place for a contiguous x and a one-element scale tensor; no pass when scale == 1."""
-    block = 65536 if INTERPRET else 4096
     if x.numel():
-        _scale_kernel[(triton.cdiv(x.numel(), block),)](
-            x_ptr=x, scale_ptr=scale, numel=x.numel(), BLOCK=block
-        )
+        _scale_op(x, scale.float())
     return x

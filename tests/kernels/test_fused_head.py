@@ -262,13 +262,19 @@ def test_tied_embeddings_accumulate_both_uses_of_the_weight():
     assert rel_err(loss, loss_ref) <= 1e-5 and rel_err(grad, grad_ref) <= 1e-5
 
 
-def test_second_backward_is_refused():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_backward_is_refused(backend):
+    """Backward scales the stored gradients in place: a second one would hand them out scaled twice."""
     hidden, weight, targets, old, advantages, weights, _ = head_inputs(4, H, 32, seed=10)
-    h = hidden.clone().requires_grad_()
-    loss, _ = grpo_loss_from_hidden(h, weight, targets, old, advantages, weights)
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="backward ran twice"):
-        loss.backward()
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, _ = grpo_loss_from_hidden(h, w, targets, old, advantages, weights, backend=backend)
+    (3.0 * loss).backward(retain_graph=True)
+    first = h.grad.clone(), w.grad.clone()
+    with pytest.raises(RuntimeError, match="grpo_loss_from_hidden: backward ran twice"):
+        (3.0 * loss).backward()
+    assert torch.equal(h.grad, first[0]) and torch.equal(w.grad, first[1])
+    _, _, grad_h64, grad_w64 = _oracle((hidden, weight, targets, old, advantages, weights, None), {})
+    assert rel_err(first[0], 3.0 * grad_h64) <= 1e-5 and rel_err(first[1], 3.0 * grad_w64) <= 1e-5
 
 
 BAD_INPUTS = {

@@ -234,10 +234,40 @@ def test_inplace_writes_the_gradient_over_the_logits(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_second_backward_is_refused(backend):
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+def test_second_backward_is_refused(backend, inplace):
+    """Backward scales the stored gradient in place: a second one would hand it out scaled twice."""
     logits, targets, old, advantages, weights, _ = loss_inputs(4, 32, seed=9)
-    x = logits.clone().requires_grad_()
-    loss, _ = grpo_loss(x, targets, old, advantages, weights, backend=backend)
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="backward ran twice"):
-        loss.backward()
+    leaf = logits.clone().requires_grad_()
+    x = leaf * 1.0  # a non-leaf, so that inplace=True may write over it
+    loss, _ = grpo_loss(x, targets, old, advantages, weights, inplace=inplace, backend=backend)
+    (2.0 * loss).backward(retain_graph=True)
+    first = leaf.grad.clone()
+    with pytest.raises(RuntimeError, match="grpo_loss: backward ran twice"):
+        (2.0 * loss).backward()
+    assert torch.equal(leaf.grad, first)  # the refused backward accumulated nothing
+    _, _, grad64 = _oracle(logits, targets, old, advantages, weights, None, {})
+    assert rel_err(first, 2.0 * grad64) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_fails_loudly_for_other_users_of_the_logits(backend):
+    """Another op that saved the logits for its backward must not silently read the gradient."""
+    logits, targets, old, advantages, weights, _ = loss_inputs(8, 64, seed=10)
+    x = logits.clone().requires_grad_() * 1.0
+    other = (x * x).sum()  # saves x for backward
+    loss, _ = grpo_loss(x, targets, old, advantages, weights, inplace=True, backend=backend)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + other).backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_targets_give_the_same_result(backend):
+    """A strided view of the targets (a column of a [N, 2] tensor): the kernels must not read it flat."""
+    logits, targets, old, advantages, weights, ref = loss_inputs(12, 80, seed=11)
+    strided = torch.stack([targets, torch.zeros_like(targets)], dim=1)[:, 0]
+    assert not strided.is_contiguous()
+    loss, stats, grad = _run(logits, targets, old, advantages, weights, ref, {}, backend=backend)
+    loss_s, stats_s, grad_s = _run(logits, strided, old, advantages, weights, ref, {}, backend=backend)
+    assert torch.equal(loss_s, loss) and torch.equal(grad_s, grad)
+    assert all(torch.equal(stats_s[name], stats[name]) for name in stats)

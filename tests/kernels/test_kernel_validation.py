@@ -1,10 +1,13 @@
 """Bad input raises ValueError naming what is wrong, on every backend, before any kernel runs."""
 
+import dataclasses
+
 import pytest
 import torch
-from kernel_inputs import BACKENDS
+from kernel_inputs import BACKENDS, loss_inputs
 
-from lrm_fast.kernels import group_advantages, grpo_loss, token_logprobs
+from lrm_fast.kernels import Backend, checks, group_advantages, grpo_loss, token_logprobs
+from lrm_fast.kernels.policy_terms import LossOptions
 
 
 def _valid(n=4, vocab=10):
@@ -95,3 +98,69 @@ def test_token_logprobs_rejects_bad_input(backend):
 def test_group_advantages_rejects_bad_input(backend, rewards, options, message):
     with pytest.raises(ValueError, match=message):
         group_advantages(rewards, backend=backend, **options)
+
+
+# grpo_loss's defaults: LossOptions has none of its own.
+VALID_OPTIONS = dict(
+    temperature=1.0,
+    clip_low=0.2,
+    clip_high=0.2,
+    dual_clip=None,
+    positive_weight=1.0,
+    negative_weight=1.0,
+    kl_coef=0.0,
+    entropy_coef=0.0,
+)
+
+BAD_OPTION_VALUES = {
+    "temperature_zero": ("temperature", 0.0, r"temperature must be > 0, got 0\.0"),
+    "temperature_nan": ("temperature", float("nan"), "temperature must be > 0"),
+    "clip_low_negative": ("clip_low", -0.1, r"clip_low must be >= 0, got -0\.1"),
+    "clip_low_one": ("clip_low", 1.0, "clip_low must be < 1"),
+    "clip_high_negative": ("clip_high", -0.2, "clip_high must be >= 0"),
+    "clip_high_nan": ("clip_high", float("nan"), "clip_high must be >= 0"),
+    "dual_clip_one": ("dual_clip", 1.0, "dual_clip must be > 1"),
+    "positive_weight_negative": ("positive_weight", -0.5, "positive_weight must be >= 0"),
+    "negative_weight_nan": ("negative_weight", float("nan"), "negative_weight must be >= 0"),
+    "kl_coef_negative": ("kl_coef", -0.01, "kl_coef must be >= 0"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"), BAD_OPTION_VALUES.values(), ids=BAD_OPTION_VALUES.keys()
+)
+def test_loss_options_reject_bad_values_naming_the_option(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        LossOptions(**{**VALID_OPTIONS, name: value})
+
+
+def test_loss_options_hold_plain_floats_and_are_frozen():
+    options = LossOptions(**{**VALID_OPTIONS, "temperature": 1, "dual_clip": torch.tensor(2.5), "kl_coef": 0})
+    assert type(options.temperature) is float and options.temperature == 1.0
+    assert type(options.dual_clip) is float and options.dual_clip == 2.5
+    assert type(options.kl_coef) is float
+    assert LossOptions(**VALID_OPTIONS).dual_clip is None  # None (off) stays None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.clip_low = 0.3
+    with pytest.raises(TypeError):  # every option named: the public signatures hold the only defaults
+        LossOptions(temperature=1.0)
+
+
+def test_backend_accepts_members_and_strings():
+    cpu = torch.zeros(1)
+    for given in ("auto", Backend.auto, "torch", Backend.torch):
+        assert checks.resolve_backend(given, cpu) is Backend.torch
+    assert checks.resolve_backend("triton", cpu) is Backend.triton
+    assert Backend.triton == "triton" and tuple(member.value for member in Backend) == checks.BACKENDS
+    with pytest.raises(ValueError, match="backend must be one of"):
+        checks.resolve_backend("cuda", cpu)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_public_ops_take_backend_members(backend):
+    logits, targets, old, advantages, weights, _ = loss_inputs(6, 40, seed=13)
+    by_name, _ = grpo_loss(logits, targets, old, advantages, weights, backend=backend)
+    by_member, _ = grpo_loss(logits, targets, old, advantages, weights, backend=Backend(backend))
+    assert torch.equal(by_member, by_name)
+    logp = token_logprobs(logits, targets, backend=Backend(backend))
+    assert torch.equal(logp, token_logprobs(logits, targets, backend=backend))
