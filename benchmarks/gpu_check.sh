@@ -82,7 +82,7 @@ if ((DRY_RUN)); then
 else
   run_stage copy 60 "$PY" -m benchmarks.copy_bandwidth --out "$OUT_DIR/copy.json"
 fi
-run_stage kernel_check 60 "$PY" -m lrm_fast.kernel_check
+run_stage kernel_check 60 "$PY" -m lrm_fast.cli.kernel_check
 run_stage tests 75 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider
 
 # A few GRPO steps of a random Qwen2.5-0.5B-shaped model with packed varlen attention (no flash-attn):

@@ -19,13 +19,14 @@ from types import SimpleNamespace
 
 import torch
 
-from lrm_fast import batch as B
-from lrm_fast import packing as P
-from lrm_fast.config import LossConfig
-from lrm_fast.model import build_model, tiny_qwen2_config
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
+from lrm_fast.config import LossConfig, TinyModelConfig
+from lrm_fast.model import attention as P
+from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
 from lrm_fast.rollout import SamplingParams
 from lrm_fast.rollout.hf import HFRolloutBackend
-from lrm_fast.update import policy_update
+from lrm_fast.training.update import policy_update
 
 SHAPES = {
     # Qwen2.5-0.5B: head_dim 64, grouped-query attention 14 / 2.
@@ -45,7 +46,9 @@ SHAPES = {
 
 def random_policy(shape: str, device: torch.device):
     settings = dict(SHAPES[shape])
-    config = tiny_qwen2_config(settings.pop("vocab_size"), max_position_embeddings=4096, **settings)
+    vocab_size, num_kv_heads = settings.pop("vocab_size"), settings.pop("num_kv_heads")
+    dims = TinyModelConfig(max_position_embeddings=4096, **settings)
+    config = tiny_qwen2_config(vocab_size, dims, num_kv_heads=num_kv_heads)
     config.eos_token_id = 2
     return build_model(config, seed=0).to(device), config
 
@@ -62,7 +65,7 @@ def grpo_step(model, backend, optimizer, prompts, args, loss_cfg, rng) -> dict:
     samples = [B.Sample(r.prompt_ids, r.response_ids, float(rng.random() < 0.5), False) for r in rollouts]
     B.assign_advantages(samples, args.group_size, "std")
     B.assign_weights(samples, "token_mean", B.local_normalisers(samples), args.response_tokens)
-    batches = [P.collate_packed(mb) for mb in P.packed_micro_batches(samples, args.micro_batch_tokens)]
+    batches = [M.collate(mb, True) for mb in M.micro_batches(samples, args.micro_batch_tokens, True)]
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.device.type == "cuda"):
         update = policy_update(model, None, optimizer, batches, loss_cfg, 1.0, grad_clip=1.0)
     sync()

@@ -4,14 +4,33 @@ import random
 
 import torch
 
-from lrm_fast import batch as B
-from lrm_fast.model import build_model, tiny_qwen2_config
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
+from lrm_fast.config import TinyModelConfig
+from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
 
 VOCAB = 40
 
+# A short cold start and a few small steps: seconds, yet rewards vary so the updates are real.
+QUICK = [
+    "trainer=smoke",
+    "trainer.prompts_per_step=8",
+    "rollout.group_size=4",
+    "eval.problems=16",
+    "cold_start.steps=40",
+    "cold_start.batch_size=32",
+    "cold_start.warmup_steps=5",
+    "cold_start.num_problems=2000",
+    "data.train_problems=200",
+    "regime.drop_zero_variance=false",  # every response forwarded: updates happen even at 0 reward
+    "loss.entropy_coef=0.01",
+    "trainer.progress_bar=false",
+]
+
 
 def tiny_model(seed: int = 0, layers: int = 2):
-    config = tiny_qwen2_config(VOCAB, hidden_size=64, num_layers=layers, num_heads=2, intermediate_size=128)
+    shape = TinyModelConfig(hidden_size=64, num_layers=layers, num_heads=2, intermediate_size=128)
+    config = tiny_qwen2_config(VOCAB, shape)
     return build_model(config, seed=seed)
 
 
@@ -36,7 +55,7 @@ def prepared_batches(samples, group_size, aggregation, token_budget, world_size=
     B.assign_weights(samples, aggregation, normalisers, sum_norm_length=10)
     groups = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
     mine = [s for g in groups[rank::world_size] for s in g]
-    return [B.collate(mb, pad_id=0) for mb in B.micro_batches(mine, token_budget)]
+    return [M.collate(mb, False) for mb in M.micro_batches(mine, token_budget, False)]
 
 
 def flat_grad(model) -> torch.Tensor:

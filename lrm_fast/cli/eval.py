@@ -16,45 +16,37 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lrm_fast.eval_config import (
-    BenchmarkConfig,
-    EvalAppConfig,
-    EvalModelConfig,
-    register_eval_configs,
-    validate_eval,
-)
+from lrm_fast.cli.configs import register_configs, typed
+from lrm_fast.config import BenchmarkConfig, EvalAppConfig, EvalModelConfig, protocol_of, validate_eval
+from lrm_fast.config.choices import Device, RolloutEngine
 
-register_eval_configs()
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lrm_fast.conf", config_name="evaluate")
 def main(dict_cfg: DictConfig) -> dict:
-    cfg: EvalAppConfig = OmegaConf.to_object(dict_cfg)
+    cfg: EvalAppConfig = typed(dict_cfg)
     validate_eval(cfg)
     # Heavy imports (torch, transformers, math-verify) once the config is known to be valid.
-    from lrm_fast.data import encode_prompts
-    from lrm_fast.eval_benchmarks import load_benchmark
-    from lrm_fast.eval_report import format_table, write_plots
-    from lrm_fast.multi_round import evaluate, load_run
-    from lrm_fast.rollout.hf import HFRolloutBackend
+    from lrm_fast.data.prompts import encode_prompts
+    from lrm_fast.evaluation.benchmarks import load_benchmark
+    from lrm_fast.evaluation.multi_round import evaluate, load_run
+    from lrm_fast.evaluation.report import format_table, write_plots
     from lrm_fast.runtime import configure_runtime
 
     benchmarks = [load_benchmark(spec) for spec in cfg.benchmarks]
     out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).expanduser()
     results = out_dir / "results.json"
     configure_runtime(cfg.num_threads)
-    if cfg.backend == "vllm":
-        backend, tokenizer = load_vllm_backend(cfg)
-    else:
-        model, tokenizer = load_checkpoint(cfg.model)
-        backend = HFRolloutBackend(model, tokenizer, max_batch_size=cfg.generation_batch_size)
+    backend, tokenizer = load_backend(cfg)
     start_run_file(results, cfg, OmegaConf.to_container(dict_cfg, resolve=True))  # once the model loaded
     summaries = {}
     for spec, benchmark in zip(cfg.benchmarks, benchmarks, strict=True):
         prompts = encode_prompts(benchmark.examples, tokenizer, benchmark.template)
-        settings = eval_settings(cfg, spec)
-        summaries[benchmark.name] = evaluate(
-            backend, tokenizer, benchmark.examples, prompts, settings, results, benchmark.name, log=print
+        protocol = benchmark_protocol(cfg, spec)
+        examples, name = benchmark.examples, benchmark.name
+        summaries[name] = evaluate(
+            backend, tokenizer, examples, prompts, protocol, results, name, print, seed=cfg.seed
         )
     print(format_table(summaries))
     for path in write_plots(load_run(results), out_dir):
@@ -65,7 +57,7 @@ def main(dict_cfg: DictConfig) -> dict:
 
 def start_run_file(results: Path, cfg: EvalAppConfig, config: dict) -> None:
     """Create results.json, or check that the one there (to resume) evaluated the same model."""
-    from lrm_fast.multi_round import RUN_FORMAT, load_run, save_run
+    from lrm_fast.evaluation.multi_round import RUN_FORMAT, load_run, save_run
 
     if results.exists() and not cfg.resume:
         results.unlink()  # resume=false: start over
@@ -82,58 +74,56 @@ def start_run_file(results: Path, cfg: EvalAppConfig, config: dict) -> None:
     save_run(run, results)
 
 
+def load_backend(cfg: EvalAppConfig):
+    """(rollout backend, tokenizer) of the checkpoint: our decode loop on it, or a vLLM engine."""
+    if cfg.backend == RolloutEngine.vllm:
+        return load_vllm_backend(cfg)
+    from lrm_fast.rollout.hf import HFRolloutBackend
+
+    model, tokenizer = load_checkpoint(cfg.model)
+    return HFRolloutBackend(model, tokenizer, max_batch_size=cfg.generation_batch_size), tokenizer
+
+
 def load_checkpoint(model_cfg: EvalModelConfig):
     """(model in eval mode on its device, tokenizer) of the checkpoint."""
     import torch
 
-    from lrm_fast.model import load_model
-    from lrm_fast.tokenizer import load_tokenizer
+    from lrm_fast.data.tokenizer import load_tokenizer
+    from lrm_fast.model.causal_lm import load_model
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[model_cfg.dtype]
-    device = model_cfg.device
-    if device == "auto":
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}[model_cfg.dtype.value]
+    device = model_cfg.device.value
+    if model_cfg.device == Device.auto:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_cfg.path, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
+    attention = model_cfg.attn_implementation.value
+    model = load_model(model_cfg.path, dtype=dtype, attn_implementation=attention)
     return model.to(device).eval(), load_tokenizer(model_cfg.path)
 
 
 def load_vllm_backend(cfg: EvalAppConfig):
     """(vLLM rollout backend, tokenizer) of the checkpoint: a standalone engine, no trainer beside it."""
     from lrm_fast.config import RolloutConfig
+    from lrm_fast.data.tokenizer import load_tokenizer
     from lrm_fast.rollout.vllm import VLLMRolloutBackend
-    from lrm_fast.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.path)
     settings = RolloutConfig(
-        backend="vllm",
+        backend=RolloutEngine.vllm,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
         tensor_parallel_size=cfg.tensor_parallel_size,
         max_model_len=cfg.max_model_len,
-        dtype=cfg.model.dtype,
+        dtype=cfg.model.dtype.value,
     )
     backend = VLLMRolloutBackend(cfg.model.path, tokenizer, settings, seed=cfg.seed, standalone=True)
     return backend, tokenizer
 
 
-def eval_settings(cfg: EvalAppConfig, spec: BenchmarkConfig):
-    """The typed settings of one benchmark: its own k and length where it sets them, else the global."""
-    from lrm_fast.multi_round import EvalSettings
-
-    return EvalSettings(
+def benchmark_protocol(cfg: EvalAppConfig, spec: BenchmarkConfig):
+    """The protocol of one benchmark: its own k and length where it sets them, else the global ones."""
+    return protocol_of(
+        cfg,
         samples_per_problem=spec.samples_per_problem or cfg.samples_per_problem,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
         max_new_tokens=spec.max_new_tokens or cfg.max_new_tokens,
-        greedy=cfg.greedy,
-        uncertain_lo=cfg.uncertain_lo,
-        uncertain_hi=cfg.uncertain_hi,
-        level=cfg.confidence_level,
-        max_rounds=cfg.adaptive.max_rounds,
-        target_ci_width=cfg.adaptive.target_ci_width,
-        budget=cfg.adaptive.budget,
-        samples_per_round=cfg.adaptive.samples_per_round,
-        seed=cfg.seed,
-        store_text=cfg.store_text,
     )
 
 

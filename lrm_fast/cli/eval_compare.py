@@ -1,7 +1,7 @@
 """`lrm-fast-eval-compare`: is checkpoint B really better than A, and how many samples would tell?
 
 Reads two results.json files of `lrm-fast-eval` and prints, for every benchmark both evaluated (or the
-one named), the paired comparison B - A on the same problems (lrm_fast/eval_variance.py: mean
+one named), the paired comparison B - A on the same problems (lrm_fast/evaluation/variance.py: mean
 difference, clustered standard error, interval, p-value, flipped problems) and a planner table: the
 samples per problem a paired comparison needs to detect --difference with --power at --alpha, with A as
 the pilot. Exits with status 1 and a message naming the first differing problem when the two files
@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from lrm_fast.eval_variance import ProblemResults, paired_comparison, plan_samples
+from lrm_fast.evaluation.variance import ProblemResults, paired_comparison, plan_samples
 
-# multi_round.RUN_FORMAT, not imported from there: that module pulls in torch (seconds of start-up).
+# evaluation.multi_round.RUN_FORMAT, not imported from there: that module pulls in torch (seconds).
 RUN_FORMAT = 1
 
 

@@ -1,4 +1,4 @@
-"""`lrm-fast-report`: compare the configurations of `lrm-fast-train` runs over seeds (lrm_fast/report.py).
+"""`lrm-fast-report`: the configurations of `lrm-fast-train` runs compared over seeds (lrm_fast/sweeps).
 
     lrm-fast-report multirun/2026-11-27/10-00-00
     lrm-fast-report multirun/DATE/TIME_A multirun/DATE/TIME_B outputs/DATE/TIME --out docs/sweeps/regimes
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # matplotlib (pulled in by the report module) only after the arguments are known to be valid
-    from lrm_fast.report import PLOT_NAMES, build_report, format_table
+    from lrm_fast.sweeps.report import PLOT_NAMES, build_report, format_table
 
     out_dir = args.out or args.paths[0] / "report"
     report = build_report(args.paths, out_dir, window=args.window)

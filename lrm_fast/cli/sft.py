@@ -7,9 +7,11 @@ reuses the cached result, so running this first only moves the SFT time out of t
 import logging
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from lrm_fast.config import TrainConfig, register_configs, validate
+from lrm_fast.cli.configs import register_configs, typed
+from lrm_fast.config import TrainConfig, validate
+from lrm_fast.config.choices import ModelSource
 from lrm_fast.runtime import configure_runtime
 
 register_configs()
@@ -17,12 +19,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="pkg://lrm_fast.conf", config_name="config")
 def main(dict_cfg: DictConfig) -> str:
-    cfg: TrainConfig = OmegaConf.to_object(dict_cfg)
+    cfg: TrainConfig = typed(dict_cfg)
     validate(cfg)
-    if cfg.model.name != "tiny":
+    if cfg.model.name != ModelSource.tiny:
         raise ValueError("lrm-fast-sft builds the cold start of the built-in model: use model=tiny")
     configure_runtime(cfg.trainer.num_threads)
-    from lrm_fast.build import cold_start_dir
+    from lrm_fast.training.assembly import cold_start_dir
 
     path = cold_start_dir(cfg)
     logging.getLogger(__name__).info("cold start ready: %s", path)

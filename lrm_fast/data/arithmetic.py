@@ -44,46 +44,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from lrm_fast.config import DifficultyConfig, check_difficulty
+
 OPERATORS = "+-*"
 
 # A token of an expression: an integer operand or one of the characters + - * ( ).
 Token = int | str
-
-
-@dataclass(frozen=True)
-class ArithmeticSettings:
-    """Difficulty knobs of the generator and the size of the held-out split."""
-
-    min_operands: int = 2
-    """Fewest operands in a problem (at least 2)."""
-    max_operands: int = 4
-    """Most operands in a problem."""
-    min_digits: int = 1
-    """Fewest digits of an operand; 1-digit operands include 0."""
-    max_digits: int = 2
-    """Most digits of an operand; the digit count is drawn uniformly, then the value."""
-    operators: str = OPERATORS
-    """Operators drawn uniformly for each gap, a non-empty subset of '+-*'."""
-    parentheses_prob: float = 0.0
-    """Probability that one random sub-expression of 2 or more operands is put in parentheses."""
-    held_out_fraction: float = 0.1
-    """Fraction of all problem texts (by hash) that belong to the held-out split."""
-
-    def __post_init__(self):
-        if not 2 <= self.min_operands <= self.max_operands:
-            raise ValueError(
-                f"need 2 <= min_operands <= max_operands, got {self.min_operands}, {self.max_operands}"
-            )
-        if not 1 <= self.min_digits <= self.max_digits <= 6:
-            raise ValueError(
-                f"need 1 <= min_digits <= max_digits <= 6, got {self.min_digits}, {self.max_digits}"
-            )
-        if not self.operators or set(self.operators) - set(OPERATORS):
-            raise ValueError(f"operators must be a non-empty subset of {OPERATORS!r}, got {self.operators!r}")
-        if not 0.0 <= self.parentheses_prob <= 1.0:
-            raise ValueError(f"parentheses_prob must be in [0, 1], got {self.parentheses_prob}")
-        if not 0.0 < self.held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction}")
 
 
 @dataclass(frozen=True)
@@ -106,10 +72,11 @@ def split_of(text: str, held_out_fraction: float) -> str:
     return "held_out" if position < held_out_fraction else "train"
 
 
-def generate_problems(n: int, *, split: str, seed: int, settings: ArithmeticSettings) -> list[Problem]:
+def generate_problems(n: int, *, split: str, seed: int, settings: DifficultyConfig) -> list[Problem]:
     """`n` distinct problems of `split`, the same list for the same (seed, settings)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_difficulty(settings)
     rng = random.Random(seed)
     problems: dict[str, Problem] = {}
     # Rejection sampling: about 1 in (1 / held_out_fraction) draws lands in the held-out split,
@@ -232,7 +199,7 @@ def evaluate(tokens: list[Token]) -> int:
     return tokens[0]
 
 
-def _sample_tokens(rng: random.Random, settings: ArithmeticSettings) -> list[Token]:
+def _sample_tokens(rng: random.Random, settings: DifficultyConfig) -> list[Token]:
     n = rng.randint(settings.min_operands, settings.max_operands)
     tokens: list[Token] = [_sample_operand(rng, settings)]
     for _ in range(n - 1):
@@ -246,7 +213,7 @@ def _sample_tokens(rng: random.Random, settings: ArithmeticSettings) -> list[Tok
     return tokens
 
 
-def _sample_operand(rng: random.Random, settings: ArithmeticSettings) -> int:
+def _sample_operand(rng: random.Random, settings: DifficultyConfig) -> int:
     # Digits first, then the value: otherwise 2-digit operands would outnumber 1-digit ones 9 to 1.
     digits = rng.randint(settings.min_digits, settings.max_digits)
     low = 0 if digits == 1 else 10 ** (digits - 1)

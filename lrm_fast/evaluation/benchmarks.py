@@ -1,7 +1,7 @@
 """Benchmarks of `lrm-fast-eval`: local problem files (free-form or multiple choice) and the built-in task.
 
 A file is JSON Lines or Parquet with a problem and an answer column (names configurable), read with
-lrm_fast.data's readers: a bad row raises ValueError naming the file and the line (row for Parquet).
+lrm_fast.data.examples' readers: a bad row raises ValueError naming the file and the line (row for Parquet).
 
 Multiple choice: a row whose options column is set (a list of option texts, lettered A, B, ... in
 order, or a {letter: text} dict) gets its options listed under the problem, one "(A) text" line each.
@@ -9,7 +9,7 @@ Its answer must name a letter (``B``, ``(B)``, ``B.``); the gold answer kept is 
 in which the grader accepts a boxed letter and also a boxed copy of the option's text.
 
 `builtin:arithmetic` is the held-out split of the built-in task at the trainer's default settings
-(lrm_fast.build.build_examples), so a trained checkpoint is scored on the problems its run evaluated.
+(lrm_fast.data.sources), so a trained checkpoint is scored on the problems its run evaluated.
 
 Simplifications: at most five options (A-E, the grader's letters); the built-in benchmark follows the
 default task settings, not those of the run that trained the checkpoint.
@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lrm_fast.build import build_examples, prompt_template
-from lrm_fast.config import DataConfig
-from lrm_fast.data import DEEPSCALER_TEMPLATE, Columns, PromptExample, _read_jsonl, _read_parquet, _to_example
-from lrm_fast.eval_config import BenchmarkConfig
+from lrm_fast.config import BenchmarkConfig, DataConfig
+from lrm_fast.data.examples import Columns, PromptExample, read_jsonl, read_parquet, to_example
+from lrm_fast.data.prompts import DEEPSCALER_TEMPLATE, prompt_template
+from lrm_fast.data.sources import load_examples
 
 LETTERS = "ABCDE"  # the multiple-choice letters lrm_fast.grader understands
 BUILTIN_PROBLEMS = 1000  # DESIGN.md: 500 problems give about +/-3 points, so twice that by default
@@ -57,7 +57,7 @@ def load_benchmark(spec: BenchmarkConfig) -> Benchmark:
 
 def builtin_arithmetic(num_problems: int) -> list[PromptExample]:
     """The first `num_problems` held-out problems of the built-in task (no training problems drawn)."""
-    _, heldout = build_examples(DataConfig(train_problems=0), num_heldout=num_problems)
+    _, heldout = load_examples(DataConfig(train_problems=0), num_heldout=num_problems)
     return heldout
 
 
@@ -69,13 +69,13 @@ def load_benchmark_file(
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
-    readers = {".jsonl": _read_jsonl, ".parquet": _read_parquet}
+    readers = {".jsonl": read_jsonl, ".parquet": read_parquet}
     if path.suffix not in readers:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r} (expected .jsonl or .parquet)")
     examples, multiple_choice = [], False
     for index, (line, record) in enumerate(readers[path.suffix](path)):
         where = f"{path}, {line}"
-        example = _to_example(record, columns, default_id=str(index), where=where)
+        example = to_example(record, columns, default_id=str(index), where=where)
         if record.get(options_key) is not None:
             example = _multiple_choice(example, record[options_key], options_key, columns.answer, where)
             multiple_choice = True

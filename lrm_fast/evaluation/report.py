@@ -2,14 +2,14 @@
 
 Scores are shown in percent. The table's columns (one row per benchmark):
 
-- avg@k +- SE: the adaptive score (unbiased mean correctness, lrm_fast/multi_round.py) and its standard
+- avg@k +- SE: the adaptive score (unbiased mean correctness, evaluation/multi_round.py) and its standard
   error; CI: the bootstrap interval at the run's level.
 - pass@k, maj@k: from round 0 (k samples of every problem), at a few k up to that k.
 - uncertain: share of problems with per-problem accuracy strictly inside (lo, hi); var: their share of
   the score's variance; var/unif: the adaptive score's variance over that of a uniform allocation of the
   same budget (below 1: adaptive rounds helped).
 - SEq, SEs: the standard error's between-question part (another draw of questions) and within-question
-  sampling part (shrinks with more samples), lrm_fast/eval_variance.py; k*: samples per problem that
+  sampling part (shrinks with more samples), lrm_fast/evaluation/variance.py; k*: samples per problem that
   would bring the sampling variance to 10% of the between part ("-": no spread between questions).
 - greedy: greedy accuracy; flips: +a/-b, problems that greedy gets right while most samples are wrong,
   and wrong while most samples are right.
@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
-from lrm_fast.multi_round import adaptive_state
+from lrm_fast.evaluation.adaptive import round_counts, state_of
 
 PLOT_NAMES = ("score_vs_rounds.png", "per_problem_accuracy.png", "pass_at_k.png")
 
@@ -94,7 +94,8 @@ def _score_vs_rounds(entries: dict[str, dict]) -> Figure:
         (line,) = axes.plot(x, [r["score"] for r in rounds], marker="o", label=name)
         low, high = [r["ci_low"] for r in rounds], [r["ci_high"] for r in rounds]
         axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
-    level = next(iter(entries.values()))["settings"]["level"]
+    settings = next(iter(entries.values()))["settings"]
+    level = settings.get("confidence_level", settings.get("level"))  # older run files call it "level"
     axes.set(xlabel="samples per problem (mean)", ylabel="score (avg@k)")
     axes.set_title(f"Score after each round, {100 * level:g}% CI band")
     axes.legend()
@@ -106,7 +107,7 @@ def _accuracy_histograms(entries: dict[str, dict]) -> Figure:
     for axes, (name, entry) in zip(
         np.atleast_1d(figure.subplots(1, len(entries))), entries.items(), strict=True
     ):
-        n, c = adaptive_state(entry).totals()
+        n, c = state_of(round_counts(entry)).totals()
         lo, hi = entry["settings"]["uncertain_lo"], entry["settings"]["uncertain_hi"]
         axes.hist(c / n, bins=np.linspace(0, 1, 21), color="tab:blue")
         axes.axvspan(lo, hi, color="tab:orange", alpha=0.15, label=f"uncertain ({lo:g}, {hi:g})")

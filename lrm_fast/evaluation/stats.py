@@ -19,14 +19,14 @@ Simplifications:
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
 Vote = tuple[Hashable | None, bool]  # (extracted answer key, is that answer correct); None: no answer
 
 
-def _counts(n, c) -> tuple[np.ndarray, np.ndarray]:
+def checked_counts(n, c) -> tuple[np.ndarray, np.ndarray]:
+    """(n, c) as int64 arrays, checked: one entry per problem, n_i >= 1 and 0 <= c_i <= n_i."""
     n, c = np.asarray(n, dtype=np.int64), np.asarray(c, dtype=np.int64)
     if n.ndim != 1 or n.shape != c.shape or n.size == 0:
         raise ValueError(f"n and c must be non-empty 1-D arrays of one length, got {n.shape}, {c.shape}")
@@ -63,7 +63,7 @@ def pass_at_k_curve(n, c) -> np.ndarray:
 
     k stops at the smallest n_i because pass@k of a problem with fewer than k samples is not estimable.
     """
-    n, c = _counts(n, c)
+    n, c = checked_counts(n, c)
     ks = np.arange(1, n.min() + 1)
     curve = np.zeros(len(ks))
     for n_i, c_i in zip(n, c, strict=True):
@@ -135,7 +135,7 @@ def variance_share(n, c, lo: float = 0.1, hi: float = 0.9) -> float:
 
     with s_i^2 the unbiased within-problem variance. 0 when the variance is 0 (then nothing is uncertain).
     """
-    n, c = _counts(n, c)
+    n, c = checked_counts(n, c)
     per_problem = _bernoulli_variance(n, c) / n
     total = per_problem.sum()
     if total == 0:
@@ -157,7 +157,7 @@ def score_standard_error(n, c, smoothed: bool = False) -> float:
     between-problem estimator. With `smoothed`, s_i^2 = p~_i(1-p~_i), p~_i = (c_i+1)/(n_i+2), which stays
     positive at c_i in {0, n_i}: the intervals use it.
     """
-    n, c = _counts(n, c)
+    n, c = checked_counts(n, c)
     if smoothed:
         p = _smoothed(n, c)
         s2 = p * (1 - p)
@@ -173,17 +173,6 @@ def _check_level(level: float) -> None:
         raise ValueError(f"confidence level must be in (0, 1), got {level}")
 
 
-def normal_ci(n, c, level: float = 0.95) -> tuple[float, float]:
-    """Normal-approximation interval score +- z_{(1+level)/2} * SE, SE from `score_standard_error` with the
-    add-one smoothed variance p~_i(1-p~_i), p~_i = (c_i+1)/(n_i+2): without it a benchmark of all-solved
-    problems would get a zero-width interval. Clipped to [0, 1], where the score lives."""
-    _check_level(level)
-    n, c = _counts(n, c)
-    score = float(np.mean(c / n))
-    half_width = NormalDist().inv_cdf((1 + level) / 2) * score_standard_error(n, c, smoothed=True)
-    return max(0.0, score - half_width), min(1.0, score + half_width)
-
-
 def bootstrap_ci(n, c, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Parametric bootstrap interval for the avg@k score: resample within each problem,
     c*_i ~ Binomial(n_i, p~_i) with the add-one smoothed p~_i = (c_i+1)/(n_i+2) (so 0/n and n/n problems
@@ -195,7 +184,7 @@ def bootstrap_ci(n, c, level: float = 0.95, resamples: int = 2000, seed: int = 0
     Clipped to [0, 1].
     """
     _check_level(level)
-    n, c = _counts(n, c)
+    n, c = checked_counts(n, c)
     p = _smoothed(n, c)
     draws = np.random.default_rng(seed).binomial(n, p, size=(resamples, len(n)))
     deviations = (draws / n).mean(axis=1) - p.mean()
@@ -240,7 +229,7 @@ def allocate(n, c, budget: int, lo: float = 0.1, hi: float = 0.9, floor: int = 0
     First reserved: `floor` samples for every problem (`AdaptiveState` uses 1), and one for each problem
     with p~_i strictly in (lo, hi) when the budget allows. Rounded to integers by largest remainder.
     """
-    n, c = _counts(n, c)
+    n, c = checked_counts(n, c)
     if budget < floor * len(n):
         raise ValueError(f"budget {budget} is below floor {floor} x {len(n)} problems")
     p = _smoothed(n, c)
@@ -271,7 +260,7 @@ def adaptive_estimate(rounds: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
     """
     if not rounds:
         raise ValueError("adaptive_estimate needs at least one round")
-    counts = [_counts(n_r, c_r) for n_r, c_r in rounds]
+    counts = [checked_counts(n_r, c_r) for n_r, c_r in rounds]
     budgets = np.array([n_r.sum() for n_r, _ in counts], dtype=float)
     weights = budgets / budgets.sum()
     return float(sum(w * np.mean(c_r / n_r) for w, (n_r, c_r) in zip(weights, counts, strict=True)))
@@ -285,7 +274,7 @@ class AdaptiveState:
     rounds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def add(self, n_r, c_r) -> None:
-        self.rounds.append(_counts(n_r, c_r))
+        self.rounds.append(checked_counts(n_r, c_r))
 
     def totals(self) -> tuple[np.ndarray, np.ndarray]:
         return sum(n_r for n_r, _ in self.rounds), sum(c_r for _, c_r in self.rounds)
@@ -295,64 +284,3 @@ class AdaptiveState:
 
     def estimate(self) -> float:
         return adaptive_estimate(self.rounds)
-
-
-def _adaptive_trial(true_p, initial: int, round_budgets, rng) -> AdaptiveState:
-    state = AdaptiveState()
-    n_0 = np.full(len(true_p), initial)
-    state.add(n_0, rng.binomial(n_0, true_p))
-    for budget in round_budgets:
-        n_r = state.plan(int(budget))
-        state.add(n_r, rng.binomial(n_r, true_p))
-    return state
-
-
-def simulate_adaptive_vs_uniform(true_p, budget: int, initial: int, rounds: int, trials: int, seed=0) -> dict:
-    """Simulate a benchmark with known per-problem accuracies `true_p` and `budget` samples in total:
-    uniform (budget / P per problem, the remainder to the first problems) against adaptive (`initial` per
-    problem, then the rest over `rounds` equal rounds planned by `AdaptiveState.plan`).
-
-    Returns the empirical variance and bias of each score over `trials` runs, the ratio
-    variance_adaptive / variance_uniform, the variance of round 0 alone (`initial` samples per problem)
-    and, for comparison, the variance and bias of the pooled adaptive mean sum c / sum n per problem.
-    """
-    true_p = np.asarray(true_p, dtype=float)
-    rest = budget - initial * len(true_p)
-    if initial < 1 or rounds < 1 or rest < rounds * len(true_p):
-        raise ValueError("need initial >= 1, rounds >= 1 and budget >= (initial + rounds) x problems")
-    round_budgets = _largest_remainder(np.ones(rounds), rest)
-    uniform_n = _largest_remainder(np.ones(len(true_p)), budget)
-    rng = np.random.default_rng(seed)
-    scores = {"uniform": [], "adaptive": [], "adaptive_pooled": [], "one_round": []}
-    for _ in range(trials):
-        scores["uniform"].append(np.mean(rng.binomial(uniform_n, true_p) / uniform_n))
-        state = _adaptive_trial(true_p, initial, round_budgets, rng)
-        n, c = state.totals()
-        scores["adaptive"].append(state.estimate())
-        scores["adaptive_pooled"].append(np.mean(c / n))
-        scores["one_round"].append(np.mean(state.rounds[0][1] / initial))
-    true_score = float(true_p.mean())
-    out = {"true_score": true_score, "trials": trials}
-    for name, values in scores.items():
-        out[f"variance_{name}"] = float(np.var(values, ddof=1))
-        out[f"bias_{name}"] = float(np.mean(values)) - true_score
-    out["variance_ratio"] = out["variance_adaptive"] / out["variance_uniform"]
-    return out
-
-
-def summary(n, c, lo: float = 0.1, hi: float = 0.9, level: float = 0.95, seed: int = 0) -> dict:
-    """Everything a benchmark report needs from per-problem (n_i, c_i): the avg@k score, its standard
-    error, the bootstrap interval (ci_low, ci_high), the normal interval, the share of uncertain problems
-    and of the variance they cause, and pass@k for k = 1..min n_i."""
-    n, c = _counts(n, c)
-    ci_low, ci_high = bootstrap_ci(n, c, level, seed=seed)
-    return {
-        "avg_at_k": float(np.mean(c / n)),
-        "standard_error": score_standard_error(n, c),
-        "ci_low": ci_low,
-        "ci_high": ci_high,
-        "normal_ci": normal_ci(n, c, level),
-        "uncertain_share": float(np.mean(uncertain_mask(c / n, lo, hi))),
-        "uncertain_variance_share": variance_share(n, c, lo, hi),
-        "pass_at_k": pass_at_k_curve(n, c).tolist(),
-    }

@@ -25,7 +25,7 @@ Simplifications:
   the paired test's false-positive rate at alpha = 0.05 is then about 6% with 30 problems and 5.3% with
   100, where the t distribution of the estimated standard error would give 5%.
 - The paired comparison uses the pooled per-problem accuracies c_i / n_i over all rounds. For adaptive
-  runs (lrm_fast/multi_round.py) these differ from the unbiased adaptive score by O(1/n_i).
+  runs (lrm_fast/evaluation/multi_round.py) these differ from the unbiased adaptive score by O(1/n_i).
 - The planner assumes that B's per-sample variances equal A's (the pilot's) and that the true
   difference is the same on every problem unless told otherwise (`between_fraction`): with the same
   questions for both models, only sampling noise then separates them.
@@ -38,7 +38,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from lrm_fast.eval_stats import _counts, uncertain_mask
+from lrm_fast.evaluation.stats import checked_counts, uncertain_mask
 
 _NORMAL = NormalDist()
 
@@ -49,7 +49,7 @@ _NORMAL = NormalDist()
 def per_sample_variance(n, c) -> np.ndarray:
     """Unbiased s_i^2 = a_i (1 - a_i) n_i / (n_i - 1) of p_i (1 - p_i); the pooled p(1-p) N/(N-1) at
     n_i = 1 (see the module docstring)."""
-    n, c = _counts(n, c)
+    n, c = checked_counts(n, c)
     total, p = n.sum(), c.sum() / n.sum()
     pooled = p * (1 - p) * total / (total - 1) if total > 1 else 0.0
     a = c / n
@@ -61,7 +61,7 @@ def effective_samples(rounds: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.nda
     rounds' budget shares): its per-problem mean has the variance p_i(1-p_i) / n_eff_i of a plain mean of
     n_eff_i samples. One round: n_eff = n. Never above sum_r n_ri (Cauchy-Schwarz); the gap is the price
     of fixed round weights."""
-    counts = [_counts(n_r, c_r) for n_r, c_r in rounds]
+    counts = [checked_counts(n_r, c_r) for n_r, c_r in rounds]
     budgets = np.array([n_r.sum() for n_r, _ in counts], dtype=float)
     weights = budgets / budgets.sum()
     return 1.0 / sum(w**2 / n_r for w, (n_r, _) in zip(weights, counts, strict=True))
@@ -94,7 +94,7 @@ def decompose_variance(
     docstring). `effective_n` (default n) is the per-problem sample count the score's estimator
     behaves like (`effective_samples` for adaptive rounds); it enters the within part only, since the
     between part is estimated from the pooled a_i = c_i / n_i and their own sampling noise."""
-    n, c = _counts(n, c)
+    n, c = checked_counts(n, c)
     if not negligible > 0:
         raise ValueError(f"negligible must be > 0, got {negligible}")
     effective_n = n if effective_n is None else np.asarray(effective_n, dtype=float)
@@ -143,7 +143,7 @@ class ProblemResults:
     c: np.ndarray
 
     def __post_init__(self):
-        n, c = _counts(self.n, self.c)
+        n, c = checked_counts(self.n, self.c)
         if len(self.ids) != len(n):
             raise ValueError(f"{len(self.ids)} problem ids for {len(n)} problems")
         object.__setattr__(self, "ids", tuple(str(i) for i in self.ids))
@@ -247,6 +247,18 @@ def paired_power(difference: float, standard_error: float, alpha: float = 0.05) 
     return _NORMAL.cdf(shift - z) + _NORMAL.cdf(-shift - z)
 
 
+def _check_plan(difference, power, alpha, problems, between_fraction) -> None:
+    if difference == 0:
+        raise ValueError("difference must be non-zero: a zero difference cannot be detected")
+    for name, value in (("power", power), ("alpha", alpha)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    if between_fraction < 0:
+        raise ValueError(f"between_fraction must be >= 0, got {between_fraction}")
+    if problems is not None and problems < 1:
+        raise ValueError(f"problems must be >= 1, got {problems}")
+
+
 def plan_samples(
     pilot_n,
     pilot_c,
@@ -276,16 +288,8 @@ def plan_samples(
     None, for 0.5, 1, 2 and 4 times the pilot's problem count (more than the pilot has means new
     questions from the same population).
     """
-    pilot_n, pilot_c = _counts(pilot_n, pilot_c)
-    if difference == 0:
-        raise ValueError("difference must be non-zero: a zero difference cannot be detected")
-    for name, value in (("power", power), ("alpha", alpha)):
-        if not 0 < value < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {value}")
-    if between_fraction < 0:
-        raise ValueError(f"between_fraction must be >= 0, got {between_fraction}")
-    if problems is not None and problems < 1:
-        raise ValueError(f"problems must be >= 1, got {problems}")
+    pilot_n, pilot_c = checked_counts(pilot_n, pilot_c)
+    _check_plan(difference, power, alpha, problems, between_fraction)
     pilot = decompose_variance(pilot_n, pilot_c)
     s2, tau2 = pilot.sample_variance, between_fraction * pilot.question_variance
     target = abs(difference) / (_NORMAL.inv_cdf(1 - alpha / 2) + _NORMAL.inv_cdf(power))

@@ -20,10 +20,9 @@ of the reference steps) or from a separate jsonl file of ``{"id": ..., "solution
 by problem id.
 """
 
-import json
 from pathlib import Path
 
-from lrm_fast.data import PromptExample
+from lrm_fast.data.examples import PromptExample, read_jsonl
 
 
 def plan_injections(
@@ -68,19 +67,12 @@ class SolutionBank:
 def load_solution_bank(path: str | Path) -> dict[str, tuple[str, ...]]:
     """{problem id: solutions} from a jsonl file; a bad line raises ValueError naming file and line."""
     path, bank = Path(path).expanduser(), {}
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: invalid JSON ({error.msg})") from None
-            solutions = record.get("solutions") if isinstance(record, dict) else None
-            if isinstance(solutions, str):
-                solutions = [solutions]
-            valid = isinstance(solutions, list) and all(isinstance(s, str) for s in solutions)
-            if "id" not in record or not valid:
-                raise ValueError(f'{path}, line {number}: expected {{"id": ..., "solutions": [strings]}}')
-            bank[str(record["id"])] = tuple(solutions)
+    for where, record in read_jsonl(path):
+        solutions = record.get("solutions")
+        if isinstance(solutions, str):
+            solutions = [solutions]
+        valid = isinstance(solutions, list) and all(isinstance(s, str) for s in solutions)
+        if "id" not in record or not valid:
+            raise ValueError(f'{path}, {where}: expected {{"id": ..., "solutions": [strings]}}')
+        bank[str(record["id"])] = tuple(solutions)
     return bank

@@ -22,33 +22,34 @@ count only the responses the regime keeps (weight > 0), so the kept tokens carry
 
 from dataclasses import dataclass
 
-from lrm_fast.batch import Sample
+from lrm_fast.batching.samples import Sample
 from lrm_fast.config import RegimeConfig
+from lrm_fast.config.choices import Regime, SelectBy
 
 
-def is_positive(sample: Sample, select_by: str) -> bool:
-    return sample.correct if select_by == "correctness" else sample.advantage > 0
+def is_positive(sample: Sample, select_by: SelectBy) -> bool:
+    return sample.correct if select_by == SelectBy.correctness else sample.advantage > 0
 
 
-def is_negative(sample: Sample, select_by: str) -> bool:
-    return not sample.correct if select_by == "correctness" else sample.advantage < 0
+def is_negative(sample: Sample, select_by: SelectBy) -> bool:
+    return not sample.correct if select_by == SelectBy.correctness else sample.advantage < 0
 
 
-def regime_weight(sample: Sample, regime: str, cfg: RegimeConfig) -> float:
-    """The factor of one response's loss under `regime` (a phase name: never neg_to_pos)."""
+def regime_weight(sample: Sample, regime: Regime, cfg: RegimeConfig) -> float:
+    """The factor of one response's loss under `regime` (a phase: never neg_to_pos)."""
     positive, negative = is_positive(sample, cfg.select_by), is_negative(sample, cfg.select_by)
-    if regime == "full":
+    if regime == Regime.full:
         return 1.0
-    if regime == "positive":
+    if regime == Regime.positive:
         return 1.0 if positive else 0.0
-    if regime == "negative":
+    if regime == Regime.negative:
         return 1.0 if negative else 0.0
-    if regime == "weighted":
+    if regime == Regime.weighted:
         return cfg.positive_weight if positive else cfg.negative_weight if negative else 1.0
     raise ValueError(f"unknown regime {regime!r}")
 
 
-def apply_regime(samples: list[Sample], regime: str, cfg: RegimeConfig) -> None:
+def apply_regime(samples: list[Sample], regime: Regime, cfg: RegimeConfig) -> None:
     """Set each sample's regime weight, and whether it is forwarded at all (in place)."""
     for s in samples:
         s.regime_weight = regime_weight(s, regime, cfg)
@@ -62,18 +63,18 @@ class RegimeSchedule:
     cfg: RegimeConfig
     switched_at: int | None = None  # last negative-only step, once neg_to_pos has switched
 
-    def regime(self, step: int) -> str:
+    def regime(self, step: int) -> Regime:
         """The phase regime of 1-based `step`."""
-        if self.cfg.name != "neg_to_pos":
-            return self.cfg.name
+        if self.cfg.name != Regime.neg_to_pos:
+            return Regime(self.cfg.name)
         if self.switched_at is None and self.cfg.switch_step is not None and step > self.cfg.switch_step:
             self.switched_at = self.cfg.switch_step
-        return "negative" if self.switched_at is None else self.cfg.second_phase
+        return Regime.negative if self.switched_at is None else Regime(self.cfg.second_phase)
 
     def observe_heldout_accuracy(self, step: int, accuracy: float) -> None:
         """After an evaluation at `step`: switch from the next step on if the threshold is reached."""
         threshold = self.cfg.switch_accuracy
-        waiting = self.cfg.name == "neg_to_pos" and self.switched_at is None and threshold is not None
+        waiting = self.cfg.name == Regime.neg_to_pos and self.switched_at is None and threshold is not None
         if waiting and accuracy >= threshold:
             self.switched_at = step
 

@@ -10,12 +10,13 @@ Both levers act on the final groups in that order: OSI first, so RLR sees a grou
 
 from dataclasses import dataclass
 
-from lrm_fast import batch as B
+from lrm_fast.batching import samples as B
 from lrm_fast.config import InjectionConfig, RewardConfig
-from lrm_fast.data import PromptExample
-from lrm_fast.grader import grade_batch
-from lrm_fast.injection import SolutionBank, plan_injections
-from lrm_fast.rewards import binary_rewards, relative_length_rewards
+from lrm_fast.config.choices import AdvantageScale, Injection, Reward
+from lrm_fast.data.examples import PromptExample
+from lrm_fast.data.grader import grade_batch
+from lrm_fast.levers.injection import SolutionBank, plan_injections
+from lrm_fast.levers.rewards import binary_rewards, relative_length_rewards
 from lrm_fast.rollout import Rollout
 
 
@@ -50,7 +51,7 @@ def score_rollouts(
     reward: RewardConfig,
     injection: InjectionConfig,
     bank: SolutionBank | None,
-    advantage_scale: str,
+    advantage_scale: AdvantageScale,
 ) -> ScoredStep:
     """Samples with rewards and advantages for `examples` x `group_size` consecutive rollouts."""
     answers = [e.answer for e in examples for _ in range(group_size)]
@@ -61,11 +62,11 @@ def score_rollouts(
     ]
     before = zero_variance_counts(correct, group_size)
     injected = 0
-    if injection.name == "osi":
+    if injection.name == Injection.osi:
         injected = inject(samples, examples, group_size, injection, bank, answers, tokenizer)
     correct = [s.correct for s in samples]
     shaped_groups = 0
-    if reward.name == "rlr":
+    if reward.name == Reward.rlr:
         lengths = [len(s.response_ids) for s in samples]
         shaped = relative_length_rewards(
             correct, lengths, group_size, reward.tau, reward.b, reward.lo, reward.hi

@@ -10,50 +10,33 @@ back to fetching a kernel from the Hub).
 """
 
 import importlib.util
-from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+from lrm_fast.config import TinyModelConfig
+from lrm_fast.config.choices import AttnImplementation
 
 MIN_HEAD_DIM = 32
 """vLLM's CPU attention backend needs head_dim >= 32 (DESIGN.md, vLLM on CPU)."""
 
 
-@dataclass(frozen=True)
-class TinyModelSettings:
-    """Shape of the embedded tiny model (the arguments of `tiny_qwen2_config` past the vocabulary)."""
-
-    hidden_size: int = 128
-    """Width of the residual stream; head_dim = hidden_size / num_heads."""
-    num_layers: int = 3
-    """Transformer blocks."""
-    num_heads: int = 4
-    """Attention heads (query and key/value: no grouped-query attention at this size)."""
-    intermediate_size: int = 512
-    """Width of the SwiGLU MLP (4x hidden)."""
-    max_position_embeddings: int = 256
-    """Longest sequence, prompt plus response; the arithmetic task needs under 80."""
-
-
 def tiny_qwen2_config(
     vocab_size: int,
+    shape: TinyModelConfig | None = None,
     *,
-    hidden_size: int = 128,
-    num_layers: int = 3,
-    num_heads: int = 4,
     num_kv_heads: int | None = None,
-    intermediate_size: int = 512,
-    max_position_embeddings: int = 256,
     pad_token_id: int | None = None,
     eos_token_id: int | None = None,
 ) -> Qwen2Config:
-    """A small Qwen2 configuration; head_dim is hidden_size / num_heads and must be >= 32.
+    """A small Qwen2 configuration of `shape` (default: the embedded model's); head_dim is
+    hidden_size / num_heads and must be >= 32.
 
     Qwen2Config has no head_dim field (the attention derives it), so it is set through the
     head count; `num_kv_heads` defaults to `num_heads` (no grouped-query attention at this size).
     """
+    shape = shape or TinyModelConfig()
+    hidden_size, num_heads = shape.hidden_size, shape.num_heads
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
     head_dim = hidden_size // num_heads
@@ -65,11 +48,11 @@ def tiny_qwen2_config(
     return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
+        max_position_embeddings=shape.max_position_embeddings,
         # Tied: with a 28-token vocabulary a separate head would add little but a second copy.
         tie_word_embeddings=True,
         pad_token_id=pad_token_id,
@@ -79,10 +62,9 @@ def tiny_qwen2_config(
 
 def check_attn_implementation(attn_implementation: str) -> None:
     """Raise `ValueError` for an unknown name, or flash-attention where it cannot run."""
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(
-            f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}"
-        )
+    choices = [choice.value for choice in AttnImplementation]
+    if attn_implementation not in choices:
+        raise ValueError(f"attn_implementation must be one of {choices}, got {attn_implementation!r}")
     if attn_implementation == "flash_attention_2":
         if importlib.util.find_spec("flash_attn") is None:
             raise ValueError(

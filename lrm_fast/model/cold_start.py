@@ -16,23 +16,24 @@ goes to a temporary directory renamed into place at the end: a run killed midway
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import shutil
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lrm_fast.model import TinyModelSettings, build_model, tiny_qwen2_config
-from lrm_fast.tasks.arithmetic import ArithmeticSettings, Problem, generate_problems, teacher_solution
-from lrm_fast.tokenizer import build_tokenizer, require_known
+from lrm_fast.config import ColdStartConfig, DifficultyConfig, TinyModelConfig
+from lrm_fast.data.arithmetic import Problem, generate_problems, teacher_solution
+from lrm_fast.data.tokenizer import build_tokenizer, require_known
+from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
+from lrm_fast.model.optim import adamw
 
 logger = logging.getLogger(__name__)
 
@@ -43,54 +44,13 @@ CACHE_VERSION = 4
 cold start contains, so that old caches are not reused."""
 
 
-@dataclass(frozen=True)
-class SFTSettings:
-    """The SFT cold start run; every field is part of the cache key."""
-
-    steps: int = 600
-    """Optimizer steps (see the README for the accuracy the default cold start reaches)."""
-    batch_size: int = 64
-    """Sequences per step."""
-    lr: float = 1e-3
-    """Peak AdamW learning rate."""
-    warmup_steps: int = 100
-    """Linear warmup from 0 to `lr`."""
-    schedule: str = "constant"
-    """After warmup: "constant" or "cosine" (to 0 at the last step)."""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clip."""
-    length_group: int = 8
-    """Batches per length-sorted window (1: plain shuffled batches); 8 pads about 40% fewer tokens."""
-    num_problems: int = 20_000
-    """Distinct training problems the batches are drawn from."""
-    seed: int = 0
-    """Seeds the model initialisation, the problems, the teacher's solutions and the batch order."""
-    slip_prob: float = 0.4
-    """Share of teacher solutions with one wrong step (`teacher_solution`): the cold start's own errors."""
-    space_prob: float = 0.5
-    """Chance of a space after <think> and after each comma: correct answers of varied length that no
-    correctness depends on (the relative length reward can shorten them; a binary reward has no reason to)."""
-    check_prob: float = 0.2
-    """Chance of a check step after each teacher step: correct responses of varied length."""
-
-
 def run_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[Problem],
+    cfg: ColdStartConfig,
     *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    warmup_steps: int,
-    seed: int,
     log_every: int = 50,
-    schedule: str = "constant",
-    weight_decay: float = 0.0,
-    max_grad_norm: float = 1.0,
-    length_group: int = 8,
 ) -> list[float]:
     """Train `model` in place on prompt + solution of `problems`; returns the loss of every step."""
     # Without it, CPU steps got about 10x slower after a few updates (denormal floats in Adam state).
@@ -100,24 +60,30 @@ def run_sft(
     lengths = [len(ids) for ids, _ in examples]
     if max(lengths) > model.config.max_position_embeddings:
         raise ValueError(f"an example has {max(lengths)} tokens > max_position_embeddings")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(warmup_steps, steps, schedule))
-    batches = _batches(lengths, batch_size, length_group, torch.Generator().manual_seed(seed))
+    optimizer, scheduler = adamw(
+        model.parameters(),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        steps=cfg.steps,
+        schedule=cfg.schedule,
+    )
+    batches = _batches(lengths, cfg.batch_size, cfg.length_group, torch.Generator().manual_seed(cfg.seed))
     model.train()
     losses: list[float] = []
     start = time.perf_counter()
-    for step in range(1, steps + 1):
+    for step in range(1, cfg.steps + 1):
         batch = collate([examples[i] for i in next(batches)], tokenizer.pad_token_id)
         loss = response_loss(model, *batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if step % log_every == 0 or step == steps:
+        if step % log_every == 0 or step == cfg.steps:
             seconds = time.perf_counter() - start
-            logger.info("sft step %d/%d loss %.4f %.1fs", step, steps, losses[-1], seconds)
+            logger.info("sft step %d/%d loss %.4f %.1fs", step, cfg.steps, losses[-1], seconds)
     model.eval()
     return losses
 
@@ -157,22 +123,6 @@ def response_loss(
     )
 
 
-def lr_multiplier(warmup_steps: int, steps: int, schedule: str):
-    """The LambdaLR factor: linear warmup to 1, then constant or cosine down to 0 at `steps`."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return multiplier
-
-
 def _batches(
     lengths: Sequence[int], batch_size: int, group: int, generator: torch.Generator
 ) -> Iterator[list[int]]:
@@ -195,49 +145,40 @@ def _batches(
             yield chunk[k * batch_size : (k + 1) * batch_size]
 
 
-def cold_start_key(task: ArithmeticSettings, sft: SFTSettings, model: TinyModelSettings) -> str:
-    """A short hash of every setting that changes what a cold start contains."""
-    settings = {"version": CACHE_VERSION, "task": asdict(task), "sft": asdict(sft), "model": asdict(model)}
+def cold_start_key(task: DifficultyConfig, sft: ColdStartConfig, model: TinyModelConfig) -> str:
+    """A short hash of every setting that changes what a cold start contains (not where it is kept)."""
+    sft_settings = {k: v for k, v in asdict(sft).items() if k != "cache_dir"}
+    settings = {"version": CACHE_VERSION, "task": asdict(task), "sft": sft_settings, "model": asdict(model)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def cache_root(cfg: ColdStartConfig) -> Path:
+    """Where cold starts are kept: cold_start.cache_dir, else $LRM_FAST_CACHE/cold_start, else
+    ~/.cache/lrm_fast/cold_start."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("LRM_FAST_CACHE", "~/.cache/lrm_fast")).expanduser() / "cold_start"
+
+
 def cached_cold_start(
-    cache_dir: str | os.PathLike,
-    task_settings: ArithmeticSettings,
-    sft_settings: SFTSettings,
-    model_settings: TinyModelSettings | None = None,
-    *,
-    log_every: int = 50,
+    task: DifficultyConfig, cfg: ColdStartConfig, shape: TinyModelConfig, *, log_every: int = 50
 ) -> Path:
     """The directory of a trained cold start (model + tokenizer), training it only if not cached."""
-    model_settings = model_settings or TinyModelSettings()
-    final = Path(cache_dir) / f"cold-start-{cold_start_key(task_settings, sft_settings, model_settings)}"
+    final = cache_root(cfg) / f"cold-start-{cold_start_key(task, cfg, shape)}"
     if final.is_dir():
         logger.info("reusing SFT cold start %s", final)
         return final
     tokenizer = build_tokenizer()
     config = tiny_qwen2_config(
-        len(tokenizer),
-        **asdict(model_settings),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        len(tokenizer), shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
     )
-    model = build_model(config, seed=sft_settings.seed)
-    problems = generate_problems(
-        sft_settings.num_problems, split="train", seed=sft_settings.seed, settings=task_settings
-    )
-    rng = random.Random(sft_settings.seed)
-    s = sft_settings
-    problems = [teacher_solution(p, rng, s.slip_prob, s.check_prob, s.space_prob) for p in problems]
-    excluded = ("num_problems", "slip_prob", "check_prob", "space_prob")
-    train_args = {k: v for k, v in asdict(sft_settings).items() if k not in excluded}
-    losses = run_sft(model, tokenizer, problems, log_every=log_every, **train_args)
-    record = {
-        "task": asdict(task_settings),
-        "sft": asdict(sft_settings),
-        "model": asdict(model_settings),
-        "losses": losses,
-    }
+    model = build_model(config, seed=cfg.seed)
+    problems = generate_problems(cfg.num_problems, split="train", seed=cfg.seed, settings=task)
+    rng = random.Random(cfg.seed)
+    problems = [teacher_solution(p, rng, cfg.slip_prob, cfg.check_prob, cfg.space_prob) for p in problems]
+    losses = run_sft(model, tokenizer, problems, cfg, log_every=log_every)
+    sft_settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+    record = {"task": asdict(task), "sft": sft_settings, "model": asdict(shape), "losses": losses}
     _save_atomically(model, tokenizer, record, final)
     logger.info("saved SFT cold start %s", final)
     return final

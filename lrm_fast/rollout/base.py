@@ -1,4 +1,4 @@
-"""Rollout backends: sample G responses per prompt and report the sampler's own log-probs.
+"""The rollout protocol: sample G responses per prompt and report the sampler's own log-probs.
 
 Every backend returns the responses of one prompt consecutively (group i is
 ``rollouts[i * G : (i + 1) * G]``), each response cut after its first EOS token (kept), and the
@@ -6,8 +6,8 @@ log-prob under the distribution it was actually sampled from:
 ``logprobs[t] = log softmax(top_p(logits_t / temperature))[response_ids[t]]``. With top_p = 1 that is
 exactly what the trainer recomputes as old_logp, so the two can be compared token for token.
 
-Backends: ``hf`` (transformers ``generate``; ``lrm_fast.rollout.hf``). A vLLM backend follows the
-same protocol.
+Backends: ``hf`` (our decode loop on a transformers model; ``lrm_fast.rollout.hf``) and ``vllm`` (a vLLM
+engine; ``lrm_fast.rollout.vllm``). Both also decode greedily (``greedy``), for evaluation.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ class RolloutBackend(Protocol):
         """``group_size`` responses per prompt, the responses of one prompt consecutive."""
         ...
 
-    def decode(self, token_ids: list[int]) -> str:
-        """Text of a response for the grader, special tokens dropped."""
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], bool]]:
+        """(response ids up to and including the first EOS, finished) of the argmax decoding of each."""
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:

@@ -11,19 +11,22 @@ token with the model's KV cache. The decode loop is ours rather than ``generate`
   ``log softmax(top_p(logits / T))``, with no logits-processor bookkeeping, and nothing the
   checkpoint's ``generation_config`` sets (top_k, repetition penalty, ...) leaks in.
 
+Greedy decoding (evaluation's greedy column) runs the same loop with argmax in place of the draw.
+
 Simplifications: rows are not sorted by length before batching; a different model object passed to
 ``sync_weights`` is copied with ``load_state_dict`` (no sharded or cross-device transfer).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache
 
-from lrm_fast.rollout import Rollout, SamplingParams
+from lrm_fast.rollout.base import Rollout, SamplingParams
 
 
 class HFRolloutBackend:
@@ -50,16 +53,23 @@ class HFRolloutBackend:
         )
         self.max_batch_size = max_batch_size
 
-    def decode(self, token_ids: list[int]) -> str:
-        # Special tokens (EOS, padding) carry no answer; </think> is a normal added token and stays.
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
-
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is self.model:
             return  # the sampler reads the trainer's parameters directly
         self.model.load_state_dict(model.state_dict())
 
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams) -> list[Rollout]:
+        draw = functools.partial(_draw, temperature=params.temperature, top_p=params.top_p)
+        return self._decode(prompts, group_size, params.max_new_tokens, draw, params.seed)
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], bool]]:
+        """The argmax decoding of each prompt (SamplingParams has no greedy mode: temperature must be > 0,
+        and a tiny temperature is not argmax, because of ties and underflow)."""
+        rollouts = self._decode(prompts, 1, max_new_tokens, _argmax, seed=None)
+        return [(r.response_ids, r.finished) for r in rollouts]
+
+    def _decode(self, prompts, group_size: int, max_new_tokens: int, draw, seed: int | None) -> list[Rollout]:
+        """``group_size`` responses per prompt, each token chosen by ``draw``, in batches of rows."""
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if any(len(prompt) == 0 for prompt in prompts):
@@ -70,28 +80,30 @@ class HFRolloutBackend:
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling
         try:
-            with _seeded(params.seed, device), torch.inference_mode():
+            with _seeded(seed, device), torch.inference_mode():
                 rollouts = []
                 for start in range(0, len(rows), chunk):
-                    rollouts += self._sample(rows[start : start + chunk], params, device)
+                    rollouts += self._sample(rows[start : start + chunk], max_new_tokens, draw, device)
                 return rollouts
         finally:
             self.model.train(was_training)
 
-    def _sample(self, rows: list[list[int]], params: SamplingParams, device: torch.device) -> list[Rollout]:
-        """Sample responses to ``rows`` (prompts already repeated per group) until EOS or the limit."""
+    def _sample(
+        self, rows: list[list[int]], max_new_tokens: int, draw, device: torch.device
+    ) -> list[Rollout]:
+        """Responses to ``rows`` (prompts already repeated per group) until EOS or the limit."""
         input_ids, attention_mask = _left_pad(rows, self.pad_token_id, device)
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding shifts positions
         eos = torch.tensor(self.eos_token_ids, device=device)
-        tokens = torch.full((len(rows), params.max_new_tokens), self.pad_token_id, device=device)
-        logprobs = torch.zeros((len(rows), params.max_new_tokens), device=device)
-        lengths = torch.full((len(rows),), params.max_new_tokens, device=device)
+        tokens = torch.full((len(rows), max_new_tokens), self.pad_token_id, device=device)
+        logprobs = torch.zeros((len(rows), max_new_tokens), device=device)
+        lengths = torch.full((len(rows),), max_new_tokens, device=device)
         active = torch.arange(len(rows), device=device)  # original row of each batch row
         cache = DynamicCache()
         logits = self._forward(input_ids, attention_mask, positions, cache)
         next_position = positions[:, -1:] + 1
-        for t in range(params.max_new_tokens):
-            token, logprob = _draw(logits, params.temperature, params.top_p)
+        for t in range(max_new_tokens):
+            token, logprob = draw(logits)
             tokens[active, t], logprobs[active, t] = token, logprob
             ended = torch.isin(token, eos)
             if ended.any():
@@ -102,7 +114,7 @@ class HFRolloutBackend:
                 cache.batch_select_indices(keep)  # finished rows leave the batch
                 active, token = active[keep], token[keep]
                 attention_mask, next_position = attention_mask[keep], next_position[keep]
-            if t + 1 == params.max_new_tokens:
+            if t + 1 == max_new_tokens:
                 break
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
             logits = self._forward(token[:, None], attention_mask, next_position, cache)
@@ -126,6 +138,11 @@ class HFRolloutBackend:
             logits_to_keep=1,
         )
         return output.logits[:, -1].float()
+
+
+def _argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most probable token per row (greedy decoding; its log-prob is not needed, so 0)."""
+    return logits.argmax(dim=-1), torch.zeros(len(logits), device=logits.device)
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ ranks through vLLM's ``external_launcher`` and those ranks sample the same promp
 
 Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"``, the log-prob of each sampled token
 under the distribution it was drawn from (after temperature and top_p), which is the protocol of
-``lrm_fast.rollout``. With top_p = 1 it is exactly the trainer's old_logp up to numerics; the trainer
+``lrm_fast.rollout.base``. With top_p = 1 it is exactly the trainer's old_logp up to numerics; the trainer
 logs the difference every step (``rollout/logp_abs_diff``, ``rollout/prob_ratio``).
 
 Sharing one GPU: ``gpu_memory_utilization`` bounds the engine's share; with ``sleep`` the engine frees its
@@ -28,7 +28,7 @@ from dataclasses import replace
 import torch
 
 from lrm_fast.config import RolloutConfig
-from lrm_fast.rollout import Rollout, SamplingParams
+from lrm_fast.rollout.base import Rollout, SamplingParams
 
 
 class VLLMRolloutBackend:
@@ -46,14 +46,12 @@ class VLLMRolloutBackend:
     ):
         """``model_path`` is the directory (or HF cache id) of the policy's starting weights; the engine
         follows the trainer's weights from then on through ``sync_weights``. ``settings``: the rollout
-        config (its vLLM keys are documented in lrm_fast/config.py). ``standalone``: an engine with no
+        config (its vLLM keys are documented in lrm_fast/config/train.py). ``standalone``: an engine with no
         trainer ranks around it (evaluation); tensor parallelism then uses vLLM's own worker processes."""
         # Both must be set before vLLM is imported: in-process engine, CPU KV cache size.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gb))
-        LLM = _import_vllm().LLM
-        cuda = torch.cuda.is_available()
-        if settings.sleep and not cuda:
+        if settings.sleep and not torch.cuda.is_available():
             raise ValueError("rollout.sleep needs a CUDA device (vLLM's sleep mode frees GPU memory)")
         colocated = torch.distributed.is_initialized() and not standalone
         world_size = torch.distributed.get_world_size() if colocated else 1
@@ -62,7 +60,6 @@ class VLLMRolloutBackend:
                 f"rollout.tensor_parallel_size {settings.tensor_parallel_size} does not divide the world "
                 f"size {world_size}"
             )
-        rank = torch.distributed.get_rank() if world_size > 1 else 0
         self.tokenizer = tokenizer
         self.eos_token_ids = sorted(set(eos_token_ids or _default_eos_ids(model_path, tokenizer)))
         if not self.eos_token_ids:
@@ -72,23 +69,7 @@ class VLLMRolloutBackend:
         self.tp_group = None
         if colocated and settings.tensor_parallel_size > 1:
             self.tp_group, _ = torch.distributed.new_subgroups(group_size=settings.tensor_parallel_size)
-        self.llm = LLM(
-            model=model_path,
-            tokenizer=model_path,
-            dtype=settings.dtype if cuda or settings.dtype != "auto" else "float32",
-            seed=seed + rank // settings.tensor_parallel_size,  # one stream per engine
-            max_model_len=settings.max_model_len,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            distributed_executor_backend="external_launcher" if world_size > 1 else None,
-            enable_sleep_mode=settings.sleep,
-            enforce_eager=settings.enforce_eager or not cuda,
-            logprobs_mode="processed_logprobs",
-            skip_tokenizer_init=False,
-        )
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        self.llm = _engine(model_path, settings, seed, world_size)
 
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams) -> list[Rollout]:
         if group_size < 1:
@@ -181,6 +162,26 @@ class VLLMRolloutBackend:
             torch.cuda.empty_cache()  # the update's cached blocks back to the GPU, for the engine to take
             self.llm.wake_up(tags=tags)
             self.asleep = tags is not None and "kv_cache" not in tags
+
+
+def _engine(model_path: str, settings: RolloutConfig, seed: int, world_size: int):
+    """The vLLM engine: one per rank (or per tensor-parallel group of ranks) under torchrun."""
+    cuda = torch.cuda.is_available()
+    rank = torch.distributed.get_rank() if world_size > 1 else 0
+    return _import_vllm().LLM(
+        model=model_path,
+        tokenizer=model_path,
+        dtype=settings.dtype if cuda or settings.dtype != "auto" else "float32",
+        seed=seed + rank // settings.tensor_parallel_size,  # one stream per engine
+        max_model_len=settings.max_model_len,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        distributed_executor_backend="external_launcher" if world_size > 1 else None,
+        enable_sleep_mode=settings.sleep,
+        enforce_eager=settings.enforce_eager or not cuda,
+        logprobs_mode="processed_logprobs",
+        skip_tokenizer_init=False,
+    )
 
 
 def full_parameters(model: torch.nn.Module, bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:

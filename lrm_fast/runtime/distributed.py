@@ -1,16 +1,14 @@
-"""torch.distributed set-up and FSDP2, nothing home-made: one process without torchrun, one rank per
-device (or per CPU process, with gloo) under torchrun, or under srun when SLURM starts one task per GPU
-(Hydra's submitit launcher does): SLURM's variables then stand in for torchrun's."""
+"""torch.distributed set-up, nothing home-made: one process without torchrun, one rank per device (or per
+CPU process, with gloo) under torchrun, or under srun when SLURM starts one task per GPU (Hydra's
+submitit launcher does): SLURM's variables then stand in for torchrun's."""
 
 import os
 import re
 from collections.abc import Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
 @dataclass(frozen=True)
@@ -97,76 +95,10 @@ def all_reduce(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return tensor
 
 
-def apply_fsdp(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
-    """FSDP2 over every decoder block, then the root (embeddings, final norm, head)."""
-    # Params stay fp32 for the optimizer; compute and all-gathers in bf16 halve traffic, gradients are
-    # reduced in fp32 so that small updates are not rounded away.
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    kwargs = {"mp_policy": mp} if mp else {}
-    for block in model.model.layers:
-        # One all-gather per block bounds the unsharded memory to a block at a time.
-        fully_shard(block, **kwargs)
-    # The root keeps embeddings and the tied head together in one group (they share a weight).
-    fully_shard(model, **kwargs)
-    return model
-
-
-def gradient_scale() -> float:
-    """Factor on each rank's loss before backward so that FSDP's gradient average is a sum.
-
-    The loss is already a global sum over ranks (global normalisers), so gradients must add up; FSDP
-    averages them. Scaling the loss by the world size works with every backend (gloo has no pre-scaled
-    sum reduction).
-    """
-    return float(dist.get_world_size()) if dist.is_initialized() else 1.0
-
-
-@contextmanager
-def gathered_for_generation(model: torch.nn.Module):
-    """Keep FSDP2 parameters unsharded while sampling.
-
-    Sampling runs a different number of forward passes on each rank (each stops when its own responses
-    end), so per-forward all-gathers would deadlock; one explicit unshard per rollout avoids that and is
-    cheaper too. A no-op for a model without FSDP.
-    """
-    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for module in modules:
-        module.set_reshard_after_forward(False, recurse=False)
-        module.unshard()
-    try:
-        yield model
-    finally:
-        for module in modules:
-            module.reshard()
-            # FSDP2 keeps the root unsharded after forward (its backward comes first); blocks reshard.
-            module.set_reshard_after_forward(module is not model, recurse=False)
-
-
-class ShardedBackend:
-    """A rollout backend whose prompts are split over the ranks: each rank samples every world_size-th
-    prompt (seeded with seed * world_size + rank), and every rank gets all rollouts back, in order.
-
-    Evaluation uses it so that every rank holds the same results while sampling only its share. Without
-    a process group it is the wrapped backend itself.
-    """
-
-    def __init__(self, backend, rank: int, world_size: int):
-        self.backend, self.rank, self.world_size = backend, rank, world_size
-
-    def __getattr__(self, name):  # model, tokenizer, eos_token_ids, ... of the wrapped backend
-        return getattr(self.backend, name)
-
-    def generate(self, prompts: list[list[int]], group_size: int, params) -> list:
-        if self.world_size == 1:
-            return self.backend.generate(prompts, group_size, params)
-        seed = None if params.seed is None else params.seed * self.world_size + self.rank
-        mine = prompts[self.rank :: self.world_size]
-        # Called even with no prompts: ranks that share a tensor-parallel engine must call it together.
-        rollouts = self.backend.generate(mine, group_size, replace(params, seed=seed))
-        shards = [None] * self.world_size
-        dist.all_gather_object(shards, rollouts)
-        ordered = []
-        for i in range(len(prompts)):  # prompt i is the (i // world)-th prompt of rank i % world
-            shard, position = shards[i % self.world_size], i // self.world_size
-            ordered += shard[position * group_size : (position + 1) * group_size]
-        return ordered
+def broadcast_from_main(value):
+    """The main rank's value of a picklable object, on every rank (e.g. the run directory)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,9 +1,8 @@
 """Process-wide settings every entry point applies first."""
 
 import torch
-import torch.distributed as dist
 
-from lrm_fast.distributed import DistInfo, init_distributed
+from lrm_fast.runtime.distributed import DistInfo, init_distributed
 
 # torch's own choice (one per physical core), before configure_runtime changes it.
 DEFAULT_THREADS = torch.get_num_threads()
@@ -15,12 +14,3 @@ def configure_runtime(num_threads: int = 0) -> DistInfo:
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     return init_distributed()
-
-
-def broadcast_from_main(value):
-    """The main rank's value of a picklable object, on every rank (e.g. the run directory)."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -41,7 +41,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from lrm_fast.metrics import read_metrics
+from lrm_fast.training.metrics import read_metrics
 
 # Keys that never split configurations: the seed is what is averaged over; the rest is bookkeeping.
 IGNORED_KEYS = frozenset({"seed", "trainer.resume", "trainer.progress_bar", "cold_start.cache_dir"})

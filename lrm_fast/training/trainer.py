@@ -4,9 +4,9 @@ One step (DESIGN.md "Data flow"): B prompts are drawn (each rank takes B / world
 sampled per prompt, graded 1/0 against the answer, turned into group-relative advantages, packed into
 micro-batches under a token budget and used for one clipped-policy-gradient optimizer step.
 
-The study's levers plug in between sampling and the update (lrm_fast/scoring.py): offline sample
+The study's levers plug in between sampling and the update (lrm_fast/levers/scoring.py): offline sample
 injection and the relative length reward before the advantages, the sample regime after them
-(lrm_fast/regimes.py).
+(lrm_fast/levers/regimes.py).
 
 Simplifications: one optimizer step per rollout batch (on-policy, as in the study); responses of
 zero-variance groups are not forwarded when `regime.drop_zero_variance` (they have A = 0; only their KL
@@ -21,21 +21,24 @@ from pathlib import Path
 
 import torch
 
-from lrm_fast import batch as B
-from lrm_fast import packing as P
-from lrm_fast.build import build_examples, build_optimizer, build_policy, build_rollout, encode
-from lrm_fast.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
-from lrm_fast.config import TrainConfig
-from lrm_fast.data import PromptSampler
-from lrm_fast.distributed import DistInfo, ShardedBackend, all_reduce, apply_fsdp, gathered_for_generation
-from lrm_fast.injection import SolutionBank, load_solution_bank
-from lrm_fast.metrics import MetricsLogger
-from lrm_fast.multi_round import EvalSettings
-from lrm_fast.multi_round import evaluate as evaluate_benchmark
-from lrm_fast.regimes import RegimeSchedule, apply_regime
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
+from lrm_fast.config import TrainConfig, protocol_of
+from lrm_fast.config.choices import Injection, MixedPrecision, Regime, RolloutEngine
+from lrm_fast.data.sampler import PromptSampler
+from lrm_fast.data.sources import load_examples
+from lrm_fast.evaluation.multi_round import evaluate as evaluate_benchmark
+from lrm_fast.levers.injection import SolutionBank, load_solution_bank
+from lrm_fast.levers.regimes import RegimeSchedule, apply_regime
+from lrm_fast.levers.scoring import ScoredStep, score_rollouts
+from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
 from lrm_fast.rollout import SamplingParams
-from lrm_fast.scoring import ScoredStep, score_rollouts
-from lrm_fast.update import MISMATCH_SUMS, policy_update
+from lrm_fast.rollout.sharded import ShardedBackend
+from lrm_fast.runtime import DistInfo, all_reduce
+from lrm_fast.training.assembly import build_optimizer, build_policy, build_rollout, encode
+from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
+from lrm_fast.training.metrics import MetricsLogger
+from lrm_fast.training.update import MISMATCH_SUMS, policy_update
 
 
 class GRPOTrainer:
@@ -50,8 +53,8 @@ class GRPOTrainer:
             if self.ref_model is not None:  # sharded too: a full fp32 copy per rank would not fit at 7B
                 self.ref_model = apply_fsdp(self.ref_model, bf16=self.bf16)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.trainer)
-        self.train_examples, self.heldout_examples = build_examples(cfg.data, cfg.eval.problems)
-        self.heldout_prompts = encode(self.heldout_examples, self.tokenizer, cfg.data)
+        self.train_examples, self.heldout_examples = load_examples(cfg.data, cfg.eval.problems)
+        self.heldout_prompts = encode(self.heldout_examples, self.tokenizer, cfg)
         self.sampler = PromptSampler(self.train_examples, cfg.trainer.prompts_per_step, seed=cfg.seed)
         self.backend = build_rollout(cfg, self.model, self.tokenizer)
         self.bank = self._solution_bank()
@@ -108,16 +111,6 @@ class GRPOTrainer:
         same seed, so the cold-start and final numbers compare like with like."""
         if not self.heldout_prompts:
             return float("nan")
-        cfg = self.cfg.eval
-        settings = EvalSettings(
-            samples_per_problem=cfg.samples_per_problem,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            greedy=cfg.greedy,
-            max_rounds=cfg.max_rounds,
-            seed=self.cfg.seed,
-        )
         path = self.run_dir / "eval" / f"{label.replace(' ', '_')}.json"
         if self.dist.is_main:
             path.unlink(missing_ok=True)
@@ -128,7 +121,8 @@ class GRPOTrainer:
                 self.tokenizer,
                 self.heldout_examples,
                 self.heldout_prompts,
-                settings,
+                protocol_of(self.cfg.eval),
+                seed=self.cfg.seed,
                 state_path=path if self.dist.is_main else None,
             )
         self.logger.write(
@@ -167,7 +161,7 @@ class GRPOTrainer:
         timings["time/weight_sync_s"] = time.perf_counter() - tick
         return {
             **self._sample_metrics(scored),
-            "regime/negative_only": float(regime == "negative"),
+            "regime/negative_only": float(regime == Regime.negative),
             **_update_metrics(update, lr),
             **timings,
             "perf/tokens_per_s": sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9),
@@ -175,7 +169,7 @@ class GRPOTrainer:
 
     def _rollouts(self, examples):
         """G sampled responses to each of this rank's prompts."""
-        prompts = encode(examples, self.tokenizer, self.cfg.data)
+        prompts = encode(examples, self.tokenizer, self.cfg)
         rollout = self.cfg.rollout
         params = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p)
         with self._generating():
@@ -191,17 +185,13 @@ class GRPOTrainer:
         normalisers = B.local_normalisers(counted).all_reduce()
         sum_norm = cfg.loss.sum_norm_length or cfg.rollout.max_new_tokens
         B.assign_weights(samples, cfg.loss.aggregation, normalisers, sum_norm)
-        budget = cfg.loss.micro_batch_tokens
-        if cfg.loss.packing:  # one row per micro-batch, no padding (lrm_fast/packing.py)
-            groups = P.packed_micro_batches(samples, budget)
-            batches = [P.collate_packed(mb) for mb in groups]
-        else:
-            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            groups = B.micro_batches(samples, budget)
-            batches = [B.collate(mb, pad_id) for mb in groups]
+        packed = cfg.loss.packing  # one row per micro-batch, no padding
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        groups = M.micro_batches(samples, cfg.loss.micro_batch_tokens, packed)
+        batches = [M.collate(group, packed, pad_id) for group in groups]
         if cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None:
             for batch, group in zip(batches, groups, strict=True):
-                batch.sampler_logprobs = B.sampler_logprobs(group)
+                batch.sampler_logprobs = M.sampler_logprobs(group)
         return batches
 
     def _update(self, batches):
@@ -252,30 +242,13 @@ class GRPOTrainer:
             "shaped_groups": scored.shaped_groups,
         }
         summed = all_reduce(torch.tensor(list(values.values()), dtype=torch.float64)).tolist()
-        t = dict(zip(values, summed, strict=True))
-        n, groups = t["responses"], t["groups"]
-        return {
-            "reward/mean": t["reward"] / n,
-            "reward/accuracy": t["correct"] / n,
-            "zero_adv/ratio": (t["all_correct"] + t["all_wrong"]) / groups,
-            "zero_adv/all_correct": t["all_correct"] / groups,
-            "zero_adv/all_wrong": t["all_wrong"] / groups,
-            "zero_adv/ratio_before": (t["all_correct_before"] + t["all_wrong_before"]) / groups,
-            "zero_adv/all_correct_before": t["all_correct_before"] / groups,
-            "zero_adv/all_wrong_before": t["all_wrong_before"] / groups,
-            "length/response_mean": (t["len_correct"] + t["len_wrong"]) / max(n - t["injected"], 1),
-            "length/correct_mean": t["len_correct"] / max(t["n_correct"], 1),
-            "length/incorrect_mean": t["len_wrong"] / max(t["n_wrong"], 1),
-            "batch/forwarded_responses": t["forwarded"],
-            "regime/kept_responses": t["kept"],
-            "injection/responses": t["injected"],
-            "reward/rlr_shaped_groups": t["shaped_groups"],
-        }
+        return _shares(dict(zip(values, summed, strict=True)))
 
     def _generating(self):
         """Sampling with our own loop on the FSDP policy needs its parameters gathered; a vLLM engine
         holds its own full copy."""
-        return gathered_for_generation(self.model) if self.cfg.rollout.backend == "hf" else nullcontext()
+        hf = self.cfg.rollout.backend == RolloutEngine.hf
+        return gathered_for_generation(self.model) if hf else nullcontext()
 
     def _engine_sleep(self) -> None:
         """Let a colocated engine free its GPU memory for the update (rollout.sleep)."""
@@ -288,7 +261,7 @@ class GRPOTrainer:
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _solution_bank(self) -> SolutionBank | None:
-        if self.cfg.injection.name != "osi":
+        if self.cfg.injection.name != Injection.osi:
             return None
         path = self.cfg.injection.bank_path
         by_id = load_solution_bank(path) if path else None
@@ -340,7 +313,28 @@ def _update_metrics(update, lr: float) -> dict[str, float]:
     }
 
 
-def _use_bf16(mixed_precision: str, device: torch.device) -> bool:
-    if mixed_precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"trainer.mixed_precision must be auto, bf16 or fp32, got {mixed_precision!r}")
-    return mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
+def _use_bf16(mixed_precision: MixedPrecision, device: torch.device) -> bool:
+    auto_cuda = mixed_precision == MixedPrecision.auto and device.type == "cuda"
+    return mixed_precision == MixedPrecision.bf16 or auto_cuda
+
+
+def _shares(t: dict[str, float]) -> dict[str, float]:
+    """The step's metrics from its counts summed over ranks: means per response, shares per group."""
+    n, groups = t["responses"], t["groups"]
+    return {
+        "reward/mean": t["reward"] / n,
+        "reward/accuracy": t["correct"] / n,
+        "zero_adv/ratio": (t["all_correct"] + t["all_wrong"]) / groups,
+        "zero_adv/all_correct": t["all_correct"] / groups,
+        "zero_adv/all_wrong": t["all_wrong"] / groups,
+        "zero_adv/ratio_before": (t["all_correct_before"] + t["all_wrong_before"]) / groups,
+        "zero_adv/all_correct_before": t["all_correct_before"] / groups,
+        "zero_adv/all_wrong_before": t["all_wrong_before"] / groups,
+        "length/response_mean": (t["len_correct"] + t["len_wrong"]) / max(n - t["injected"], 1),
+        "length/correct_mean": t["len_correct"] / max(t["n_correct"], 1),
+        "length/incorrect_mean": t["len_wrong"] / max(t["n_wrong"], 1),
+        "batch/forwarded_responses": t["forwarded"],
+        "regime/kept_responses": t["kept"],
+        "injection/responses": t["injected"],
+        "reward/rlr_shaped_groups": t["shaped_groups"],
+    }

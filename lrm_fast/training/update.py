@@ -1,20 +1,25 @@
 """One policy update: forward/backward over the micro-batches, then a clipped optimizer step.
 
-Simplifications, as in the study's runs: one optimizer step per rollout batch, so the update is exactly
+Simplification, as in the study's runs: one optimizer step per rollout batch, so the update is exactly
 on-policy and the ratio's denominator is the current log-prob itself (old_logprobs=None: ratio 1,
-gradient -A); the sampler's own log-probs are not needed for the loss.
+gradient -A). The sampler's own log-probs enter only when the batch carries them (rollout.log_mismatch
+or rollout.tis_cap): the mismatch is measured and, with tis_cap, each token's weight is multiplied by the
+truncated importance ratio between trainer and sampler (`sampler_correction`).
 """
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from lrm_fast.batch import MicroBatch
+from lrm_fast.batching.micro_batches import MicroBatch, model_inputs
 from lrm_fast.config import LossConfig
-from lrm_fast.distributed import all_reduce, gradient_scale
+from lrm_fast.config.choices import PackedAttention
 from lrm_fast.kernels import grpo_loss, grpo_loss_from_hidden, token_logprobs
-from lrm_fast.packing import model_inputs, packed_attention
+from lrm_fast.model.attention import packed_attention
+from lrm_fast.model.fsdp import gradient_scale
+from lrm_fast.runtime import all_reduce
 
 SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy")
 
@@ -27,16 +32,26 @@ class UpdateResult:
     stats: dict[str, float]
 
 
-def response_logits(model, batch: MicroBatch, attention: str = "auto") -> torch.Tensor:
+def attention_for(model, batch: MicroBatch, attention: PackedAttention):
+    """The context a micro-batch's forward (and backward: activation checkpointing re-runs the forward
+    there) runs in: attention within the packed sequences of a packed batch, nothing for a padded one."""
+    return packed_attention(model, attention, batch.input_ids.device) if batch.packed else nullcontext()
+
+
+def response_logits(
+    model, batch: MicroBatch, attention: PackedAttention = PackedAttention.auto
+) -> torch.Tensor:
     """[N, V] logits of the positions that predict the response tokens (the kernels' packed layout).
 
-    `attention` (loss.packed_attention) picks the attention of a packed batch (lrm_fast/packing.py)."""
-    with packed_attention(model, batch, attention):
+    `attention` (loss.packed_attention) picks the attention of a packed batch (model/attention.py)."""
+    with attention_for(model, batch, attention):
         logits = model(**model_inputs(batch), use_cache=False).logits
     return logits[batch.row, batch.position]
 
 
-def response_hidden(model, batch: MicroBatch, attention: str = "auto") -> torch.Tensor:
+def response_hidden(
+    model, batch: MicroBatch, attention: PackedAttention = PackedAttention.auto
+) -> torch.Tensor:
     """[N, H] final hidden states (after the last norm) at the positions that predict the response tokens.
 
     Through the root model's forward, not model.model(...): FSDP2's hooks on the root gather the
@@ -44,7 +59,7 @@ def response_hidden(model, batch: MicroBatch, attention: str = "auto") -> torch.
     limits the head to one position per row. (An empty selection would save even that, but on CPU it
     made later Triton-interpreter calls fail now and then with "vector::reserve"; cause not pinned down.)
     """
-    with packed_attention(model, batch, attention):
+    with attention_for(model, batch, attention):
         out = model(**model_inputs(batch), use_cache=False, output_hidden_states=True, logits_to_keep=1)
     return out.hidden_states[-1][batch.row, batch.position]
 
@@ -73,13 +88,7 @@ def micro_batch_loss(
             ref_logprobs = reference_logprobs(ref_model, batch, loss_cfg, temperature)
     shaped = batch.injected if shaping_gamma is not None else torch.zeros_like(batch.injected)
     inputs, logits_of = _policy_forward(model, batch, loss_cfg)
-    weights = batch.weights.masked_fill(shaped, 0.0)
-    mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
-    if batch.sampler_logprobs is not None:
-        with torch.no_grad():
-            logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
-            factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, tis_cap)
-        weights = weights * factor
+    weights, mismatch = _token_weights(batch, shaped, logits_of, loss_cfg, temperature, tis_cap)
     loss_fn = grpo_loss_from_hidden if loss_cfg.fused_head else grpo_loss
     loss, stats = loss_fn(
         *inputs,
@@ -103,6 +112,19 @@ def micro_batch_loss(
             shaped_logits, batch, shaped, temperature, shaping_gamma, loss_cfg.backend
         )
     return loss, stats
+
+
+def _token_weights(batch: MicroBatch, shaped, logits_of, loss_cfg: LossConfig, temperature, tis_cap):
+    """(weights [N], mismatch sums): the batch's weights without the shaped tokens, times the truncated
+    importance ratio to the sampler when the batch carries its log-probs."""
+    weights = batch.weights.masked_fill(shaped, 0.0)
+    mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
+    if batch.sampler_logprobs is not None:
+        with torch.no_grad():
+            logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
+            factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, tis_cap)
+        weights = weights * factor
+    return weights, mismatch
 
 
 def _policy_forward(model, batch: MicroBatch, loss_cfg: LossConfig):
@@ -206,7 +228,7 @@ def policy_update(
             continue
         batch = _to_device(batches[i], device)
         # Over the backward too: activation checkpointing re-runs the forward there.
-        with packed_attention(model, batch, loss_cfg.packed_attention):
+        with attention_for(model, batch, loss_cfg.packed_attention):
             loss, stats = micro_batch_loss(
                 model, ref_model, batch, loss_cfg, temperature, shaping_gamma, tis_cap
             )

@@ -4,9 +4,11 @@ import pytest
 import torch
 from trainer_fixtures import flat_grad, prepared_batches, synthetic_samples, tiny_model
 
-from lrm_fast import batch as B
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig
-from lrm_fast.update import micro_batch_loss
+from lrm_fast.config.choices import Aggregation
+from lrm_fast.training.update import micro_batch_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,7 +25,7 @@ def _loss_and_grad(model, batches, loss_cfg=LOSS, shaping_gamma=None, ref_model=
     return total, flat_grad(model)
 
 
-@pytest.mark.parametrize("aggregation", B.AGGREGATIONS)
+@pytest.mark.parametrize("aggregation", list(Aggregation))
 @pytest.mark.parametrize("token_budget", [16, 40, 100, 10_000], ids=lambda t: f"budget{t}")
 def test_micro_batches_match_the_whole_batch(aggregation, token_budget):
     model = tiny_model()
@@ -76,21 +78,21 @@ def test_dropped_responses_keep_their_share_of_the_normaliser():
     samples[0].forward = False
     B.assign_weights(samples, "token_mean", B.local_normalisers(samples), sum_norm_length=10)
     assert [s.weight for s in samples] == before
-    packed = [s for mb in B.micro_batches(samples, 10_000) for s in mb]
+    packed = [s for mb in M.micro_batches(samples, 10_000, False) for s in mb]
     assert samples[0] not in packed and len(packed) == len(samples) - 1
 
 
 def test_packing_respects_the_token_budget():
     samples = synthetic_samples(num_groups=5, group_size=4)
     for budget in (12, 30, 64):
-        for mb in B.micro_batches(samples, budget):
+        for mb in M.micro_batches(samples, budget, False):
             longest = max(s.num_tokens for s in mb)
             assert len(mb) == 1 or len(mb) * longest <= budget
 
 
 def test_collate_points_at_the_logits_that_predict_each_response_token():
     sample = B.Sample([5, 6, 7], [8, 9], reward=1.0, correct=True, advantage=0.5, weight=0.25)
-    mb = B.collate([sample], pad_id=0)
+    mb = M.collate([sample], False)
     assert mb.input_ids.tolist() == [[5, 6, 7, 8, 9]]
     assert mb.position.tolist() == [2, 3]  # logits at 2 predict token 3 (= 8), at 3 predict 9
     assert mb.targets.tolist() == [8, 9]

@@ -11,15 +11,15 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_train_cli import QUICK
-from trainer_fixtures import VOCAB, flat_grad, synthetic_samples, tiny_model
+from trainer_fixtures import QUICK, VOCAB, flat_grad, synthetic_samples, tiny_model
 
-from lrm_fast import batch as B
-from lrm_fast import packing as P
-from lrm_fast.config import LossConfig, TrainConfig, validate
-from lrm_fast.metrics import read_metrics
-from lrm_fast.model import build_model, tiny_qwen2_config
-from lrm_fast.update import micro_batch_loss, policy_update
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
+from lrm_fast.config import LossConfig, TinyModelConfig
+from lrm_fast.model import attention as P
+from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
+from lrm_fast.training.metrics import read_metrics
+from lrm_fast.training.update import micro_batch_loss, policy_update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,9 +30,8 @@ def _model(kind: str, seed: int = 0):
     if kind == "mha":
         return tiny_model(seed)
     # Grouped-query attention: 4 query heads share 2 key/value heads (head_dim 32, as in the tiny model).
-    config = tiny_qwen2_config(
-        VOCAB, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128
-    )
+    shape = TinyModelConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=128)
+    config = tiny_qwen2_config(VOCAB, shape, num_kv_heads=2)
     return build_model(config, seed=seed)
 
 
@@ -55,8 +54,8 @@ def _loss_and_grad(model, ref_model, batches, loss_cfg):
 
 def _packed_logits(model, batch, attention="sdpa") -> list[torch.Tensor]:
     """Logits of every position of the packed row, split into its sequences."""
-    with P.packed_attention(model, batch, attention):
-        logits = model(**P.model_inputs(batch), use_cache=False).logits[0]
+    with P.packed_attention(model, attention, batch.input_ids.device):
+        logits = model(**M.model_inputs(batch), use_cache=False).logits[0]
     bounds = batch.cu_seqlens.tolist()
     return [logits[start:end] for start, end in itertools.pairwise(bounds)]
 
@@ -66,8 +65,8 @@ def _packed_logits(model, batch, attention="sdpa") -> list[torch.Tensor]:
 def test_packed_loss_and_gradients_match_the_padded_path(kind, fused_head):
     model, ref_model = _model(kind), _model(kind, seed=1).requires_grad_(False)  # ref: the KL term
     samples = _weighted_samples()
-    padded = [B.collate(mb, pad_id=0) for mb in B.micro_batches(samples, token_budget=60)]
-    packed = [P.collate_packed(mb) for mb in P.packed_micro_batches(samples, token_budget=60)]
+    padded = [M.collate(mb, False) for mb in M.micro_batches(samples, 60, False)]
+    packed = [M.collate(mb, True) for mb in M.micro_batches(samples, 60, True)]
     assert len(packed) < len(padded)  # same budget, no padding: fewer micro-batches
     loss_cfg = replace(LOSS, fused_head=fused_head)
     loss_padded, grad_padded = _loss_and_grad(model, ref_model, padded, loss_cfg)
@@ -87,9 +86,9 @@ def test_policy_update_with_activation_checkpointing_recomputes_the_packed_atten
         model = tiny_model()
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if packed:
-            batches = [P.collate_packed(mb) for mb in P.packed_micro_batches(samples, token_budget=60)]
+            batches = [M.collate(mb, True) for mb in M.micro_batches(samples, 60, True)]
         else:
-            batches = [B.collate(mb, pad_id=0) for mb in B.micro_batches(samples, token_budget=60)]
+            batches = [M.collate(mb, False) for mb in M.micro_batches(samples, 60, False)]
         frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the gradients for the comparison
         policy_update(model, ref_model, frozen, batches, LOSS, temperature=0.9, grad_clip=1e9)
         grads[packed] = flat_grad(model)
@@ -101,13 +100,13 @@ def test_each_packed_sequence_attends_only_to_itself(kind):
     model = _model(kind)
     samples = [B.Sample([5, 6, 7], [8, 9, 10, 11], 0.0, False), B.Sample([12], [13, 14], 0.0, False)]
     samples.append(B.Sample([15, 16, 17, 18], [19, 20, 21, 22, 23], 0.0, False))
-    packed = _packed_logits(model, P.collate_packed(samples))
+    packed = _packed_logits(model, M.collate(samples, True))
     for s, logits in zip(samples, packed, strict=True):
         alone = model(input_ids=torch.tensor([s.prompt_ids + s.response_ids]), use_cache=False).logits[0]
         torch.testing.assert_close(logits, alone, rtol=1e-5, atol=1e-5)
     # Other tokens in the first sequence change nothing in the others.
     samples[0] = B.Sample([30, 31, 32], [33, 34, 35, 36], 0.0, False)
-    changed = _packed_logits(model, P.collate_packed(samples))
+    changed = _packed_logits(model, M.collate(samples, True))
     assert not torch.allclose(changed[0], packed[0])
     for before, after in zip(packed[1:], changed[1:], strict=True):
         torch.testing.assert_close(after, before, rtol=1e-6, atol=1e-6)
@@ -123,7 +122,7 @@ def test_transformers_builds_no_dense_mask_for_the_packed_attentions(monkeypatch
     name, _ = P.IMPLEMENTATIONS["sdpa"]
     monkeypatch.setitem(P.AttentionInterface._global_mapping, name, spy)
     model = tiny_model()
-    _packed_logits(model, P.collate_packed(synthetic_samples(num_groups=1, group_size=3)))
+    _packed_logits(model, M.collate(synthetic_samples(num_groups=1, group_size=3), True))
     assert len(masks) == model.config.num_hidden_layers and all(m is None for m in masks)
 
 
@@ -139,7 +138,7 @@ def test_attention_implementation_is_restored_after_an_error():
 def test_packing_respects_the_token_budget_and_forwards_each_sample_once(token_budget):
     samples = synthetic_samples(num_groups=5, group_size=4)
     samples[3].forward = samples[10].forward = False
-    batches = P.packed_micro_batches(samples, token_budget)
+    batches = M.micro_batches(samples, token_budget, True)
     for mb in batches:
         assert len(mb) == 1 or sum(s.num_tokens for s in mb) <= token_budget
     packed = [s for mb in batches for s in mb]
@@ -155,7 +154,7 @@ def test_packing_respects_the_token_budget_and_forwards_each_sample_once(token_b
 def test_packed_layout_points_at_the_logits_that_predict_each_response_token():
     samples = [B.Sample([5, 6, 7], [8, 9], 1.0, True, advantage=0.5, weight=0.25)]
     samples.append(B.Sample([10], [11, 12, 13], 0.0, False, advantage=-0.5, weight=0.125, injected=True))
-    mb = P.collate_packed(samples)
+    mb = M.collate(samples, True)
     assert mb.packed and mb.attention_mask is None
     assert mb.input_ids.tolist() == [[5, 6, 7, 8, 9, 10, 11, 12, 13]]
     assert mb.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3]]
@@ -167,13 +166,6 @@ def test_packed_layout_points_at_the_logits_that_predict_each_response_token():
     assert mb.advantages.tolist() == [0.5, 0.5, -0.5, -0.5, -0.5]
     assert mb.weights.tolist() == [0.25, 0.25, 0.125, 0.125, 0.125]
     assert mb.injected.tolist() == [False, False, True, True, True]
-
-
-def test_validate_names_a_bad_packed_attention():
-    cfg = TrainConfig()
-    cfg.loss = replace(cfg.loss, packing=True, packed_attention="xformers")
-    with pytest.raises(ValueError, match=r"loss\.packed_attention must be one of"):
-        validate(cfg)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
@@ -234,10 +226,10 @@ def test_varlen_glue_on_cpu_with_stand_in_kernels(monkeypatch, kind, attention):
         )
     else:
         monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=kernel))
-    model, batch = _model(kind), P.collate_packed(synthetic_samples(num_groups=2, group_size=3))
+    model, batch = _model(kind), M.collate(synthetic_samples(num_groups=2, group_size=3), True)
     expected = _packed_logits(model, batch, "sdpa")
     with P.attention_implementation(model, P.IMPLEMENTATIONS[name][0]):
-        logits = model(**P.model_inputs(batch), use_cache=False).logits[0]
+        logits = model(**M.model_inputs(batch), use_cache=False).logits[0]
     torch.testing.assert_close(logits, torch.cat(expected), rtol=0, atol=5e-3)  # measured: 2e-3
 
 
@@ -260,7 +252,7 @@ def test_cuda_varlen_attentions_match_the_sdpa_path(kind, attention):
     path, each no further from the fp32 sdpa result than 2x bf16 sdpa's own error. (Attending across
     sequences moves them ~100x that error: measured with a leaky mask on CPU.)"""
     samples = synthetic_samples(num_groups=4, group_size=4)
-    batch = P.collate_packed(samples)
+    batch = M.collate(samples, True)
     batch = replace(
         batch, **{k: getattr(batch, k).cuda() for k in ("input_ids", "position_ids", "cu_seqlens")}
     )

@@ -17,30 +17,24 @@ import numpy as np
 import pytest
 import torch
 
-from lrm_fast.data import Columns, PromptExample
-from lrm_fast.eval_benchmarks import load_benchmark, load_benchmark_file
-from lrm_fast.eval_config import (
-    AdaptiveConfig,
+from lrm_fast.config import (
     BenchmarkConfig,
     EvalAppConfig,
     EvalModelConfig,
+    EvalProtocol,
+    TinyModelConfig,
     validate_eval,
 )
-from lrm_fast.eval_stats import AdaptiveState, adaptive_estimate, bootstrap_ci, score_standard_error
-from lrm_fast.grader import grade
-from lrm_fast.model import build_model, tiny_qwen2_config
-from lrm_fast.multi_round import (
-    EvalSettings,
-    adaptive_interval,
-    evaluate,
-    greedy_decode,
-    new_entry,
-    round_counts,
-    summarize,
-)
+from lrm_fast.data.examples import Columns, PromptExample
+from lrm_fast.data.grader import grade
+from lrm_fast.data.tokenizer import build_tokenizer
+from lrm_fast.evaluation.adaptive import adaptive_interval, round_counts
+from lrm_fast.evaluation.benchmarks import load_benchmark, load_benchmark_file
+from lrm_fast.evaluation.multi_round import evaluate, new_entry, stored_settings, summarize
+from lrm_fast.evaluation.stats import AdaptiveState, adaptive_estimate, bootstrap_ci, score_standard_error
+from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
 from lrm_fast.rollout import Rollout
 from lrm_fast.rollout.hf import HFRolloutBackend
-from lrm_fast.tokenizer import build_tokenizer
 
 
 def write_jsonl(path, rows):
@@ -117,8 +111,8 @@ BAD_CONFIGS = {
     "temperature": (lambda c: replace(c, temperature=0.0), "temperature"),
     "top_p": (lambda c: replace(c, top_p=1.5), "top_p"),
     "uncertain": (lambda c: replace(c, uncertain_lo=0.9, uncertain_hi=0.1), "uncertain_lo/uncertain_hi"),
-    "max_rounds": (lambda c: replace(c, adaptive=AdaptiveConfig(max_rounds=0)), "adaptive.max_rounds"),
-    "budget": (lambda c: replace(c, adaptive=AdaptiveConfig(budget=2)), "adaptive.budget"),
+    "max_rounds": (lambda c: replace(c, max_rounds=0), "max_rounds"),
+    "budget": (lambda c: replace(c, budget=2), "budget"),
     "builtin": (
         lambda c: replace(c, benchmarks=[BenchmarkConfig("x", "builtin:nope")]),
         r"benchmarks\[0\].path",
@@ -183,7 +177,7 @@ def scripted(tokenizer):
     return ScriptedBackend(tokenizer, examples, TRUE_P), examples, prompts
 
 
-SETTINGS = EvalSettings(samples_per_problem=4, max_new_tokens=16, greedy=False, max_rounds=3, seed=3)
+SETTINGS = EvalProtocol(samples_per_problem=4, max_new_tokens=16, greedy=False, max_rounds=3)
 
 
 def test_adaptive_rounds_spend_more_on_uncertain_problems(tokenizer, scripted, tmp_path):
@@ -278,7 +272,7 @@ def test_adaptive_interval_covers_the_true_score_in_simulated_runs():
 
 def test_uncertain_share_and_greedy_flips_in_the_summary(tokenizer):
     examples = [PromptExample(id=str(i), problem=str(i), answer="1") for i in range(4)]
-    entry = new_entry(examples, EvalSettings(samples_per_problem=4))
+    entry = new_entry(examples, stored_settings(EvalProtocol(samples_per_problem=4), seed=0))
     per_problem = [[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 1], [0, 1, 0, 0]]  # accuracy 1, 0, 0.75, 0.25
     greedy = [True, True, False, True]  # right where sampled wrong: 1 and 3; wrong where right: 2
     for problem, outcomes, greedy_ok in zip(entry["problems"], per_problem, greedy, strict=True):
@@ -287,7 +281,7 @@ def test_uncertain_share_and_greedy_flips_in_the_summary(tokenizer):
             for ok in outcomes
         ]
         problem["greedy"] = {"answer": "1", "correct": greedy_ok, "length": 5, "finished": True}
-    summary = summarize(entry, EvalSettings(samples_per_problem=4))
+    summary = summarize(entry, EvalProtocol(samples_per_problem=4))
     assert summary["uncertain_share"] == 0.5
     assert summary["uncertain_variance_share"] == 1.0  # solved-or-not problems add no within-variance
     assert summary["greedy"] == {
@@ -305,10 +299,7 @@ def test_uncertain_share_and_greedy_flips_in_the_summary(tokenizer):
 def tiny_model_dir(tmp_path_factory, tokenizer):
     config = tiny_qwen2_config(
         len(tokenizer),
-        hidden_size=64,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=128,
+        TinyModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -318,13 +309,13 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return path
 
 
-def test_greedy_decode_matches_transformers_generate(tiny_model_dir, tokenizer, one_thread):
-    from lrm_fast.model import load_model
+def test_greedy_matches_transformers_generate(tiny_model_dir, tokenizer, one_thread):
+    from lrm_fast.model.causal_lm import load_model
 
     model = load_model(str(tiny_model_dir))
     backend = HFRolloutBackend(model, tokenizer, max_batch_size=3)
     prompts = [tokenizer.encode(text) for text in ("1+2", "12*3-4", "5", "7-1+30*2")]
-    responses = greedy_decode(backend, prompts, max_new_tokens=10)
+    responses = backend.greedy(prompts, max_new_tokens=10)
     for prompt, (ids, finished) in zip(prompts, responses, strict=True):
         expected = model.generate(
             torch.tensor([prompt]),
@@ -376,7 +367,7 @@ def test_eval_cli_end_to_end_writes_json_table_and_plots(tiny_model_dir, env, tm
         f" max_new_tokens: 12}}, {{name: mini, path: '{bench}', template: '{{problem}}', max_new_tokens: 8}}]"
     )
     command = _eval_command(
-        tiny_model_dir, tmp_path / "out", benchmarks, "samples_per_problem=3", "adaptive.max_rounds=2"
+        tiny_model_dir, tmp_path / "out", benchmarks, "samples_per_problem=3", "max_rounds=2"
     )
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -412,8 +403,8 @@ def test_eval_cli_resumes_after_sigkill_like_an_uninterrupted_run(tiny_model_dir
         "benchmarks.0.problems=64",
         "benchmarks.0.samples_per_problem=4",
         "benchmarks.0.max_new_tokens=32",
-        "adaptive.max_rounds=5",
-        "adaptive.target_ci_width=0",
+        "max_rounds=5",
+        "target_ci_width=0",
     ]
     reference = subprocess.run(
         _eval_command(tiny_model_dir, tmp_path / "reference", *settings),

@@ -9,24 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from trainer_fixtures import QUICK
 
-from lrm_fast.metrics import read_metrics
+from lrm_fast.training.metrics import read_metrics
 
-# A short cold start and a few small steps: seconds, yet rewards vary so the updates are real.
-QUICK = [
-    "trainer=smoke",
-    "trainer.prompts_per_step=8",
-    "rollout.group_size=4",
-    "eval.problems=16",
-    "cold_start.steps=40",
-    "cold_start.batch_size=32",
-    "cold_start.warmup_steps=5",
-    "cold_start.num_problems=2000",
-    "data.train_problems=200",
-    "regime.drop_zero_variance=false",  # every response forwarded: updates happen even at 0 reward
-    "loss.entropy_coef=0.01",
-    "trainer.progress_bar=false",
-]
 DETERMINISTIC_KEYS = (
     "reward/mean",
     "zero_adv/ratio",

@@ -10,10 +10,11 @@ from huggingface_hub import try_to_load_from_cache
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from lrm_fast.build import build_policy
-from lrm_fast.config import TrainConfig, register_configs, validate
+from lrm_fast.cli.configs import register_configs
+from lrm_fast.config import TrainConfig, validate
+from lrm_fast.training.assembly import build_policy
 
-MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 HUB_IDS = {
     "r1_distill_qwen_1.5b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",  # the study's model
     "r1_distill_qwen_7b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from lrm_fast.tasks.arithmetic import (
-    ArithmeticSettings,
+from lrm_fast.config import DifficultyConfig
+from lrm_fast.data.arithmetic import (
     Problem,
     generate_problems,
     make_problem,
@@ -15,8 +15,9 @@ from lrm_fast.tasks.arithmetic import (
     teacher_solution,
 )
 
-DEFAULT = ArithmeticSettings()
-WITH_PARENTHESES = ArithmeticSettings(max_operands=5, parentheses_prob=0.7)
+# Up to two digits per operand (the embedded run uses one): more of the generator is exercised.
+DEFAULT = DifficultyConfig(max_digits=2)
+WITH_PARENTHESES = DifficultyConfig(max_operands=5, parentheses_prob=0.7)
 
 SOLUTION = re.compile(r"<think>(.*)</think>\\boxed\{(-?\d+)\}")
 STEP = re.compile(r"(-?\d+)([-+*])(-?\d+)=(-?\d+)")
@@ -109,7 +110,7 @@ def test_solution_variants_are_distinct_correct_and_start_with_the_canonical():
 
 
 def test_difficulty_knobs():
-    settings = ArithmeticSettings(min_operands=3, max_operands=3, min_digits=2, max_digits=2, operators="+")
+    settings = DifficultyConfig(min_operands=3, max_operands=3, min_digits=2, max_digits=2, operators="+")
     for problem in generate_problems(300, split="train", seed=0, settings=settings):
         operands = problem.problem.split("+")
         assert len(operands) == 3
@@ -128,25 +129,25 @@ def test_default_digit_counts_are_balanced():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "named"),
     [
-        {"min_operands": 1},
-        {"min_operands": 3, "max_operands": 2},
-        {"max_digits": 0},
-        {"operators": "/"},
-        {"operators": ""},
-        {"parentheses_prob": 1.5},
-        {"held_out_fraction": 0.0},
+        ({"min_operands": 1}, "min_operands/max_operands"),
+        ({"min_operands": 3, "max_operands": 2}, "min_operands/max_operands"),
+        ({"max_digits": 0}, "min_digits/max_digits"),
+        ({"operators": "/"}, "operators"),
+        ({"operators": ""}, "operators"),
+        ({"parentheses_prob": 1.5}, "parentheses_prob"),
+        ({"held_out_fraction": 0.0}, "held_out_fraction"),
     ],
 )
-def test_bad_settings_raise(kwargs):
-    with pytest.raises(ValueError):
-        ArithmeticSettings(**kwargs)
+def test_bad_settings_raise_naming_the_setting(kwargs, named):
+    with pytest.raises(ValueError, match=f"^{named} must be"):
+        generate_problems(1, split="train", seed=0, settings=DifficultyConfig(**kwargs))
 
 
 def test_asking_for_more_problems_than_exist_raises():
     # 100 texts "a+b" of single digits, about 10 of them held out.
-    settings = ArithmeticSettings(max_operands=2, max_digits=1, operators="+")
+    settings = DifficultyConfig(max_operands=2, max_digits=1, operators="+")
     with pytest.raises(ValueError, match="distinct held_out problems"):
         generate_problems(50, split="held_out", seed=0, settings=settings)
     with pytest.raises(ValueError, match="split"):
@@ -155,7 +156,7 @@ def test_asking_for_more_problems_than_exist_raises():
 
 def test_teacher_without_slips_or_checks_writes_the_reference_solution():
     rng = random.Random(0)
-    for problem in generate_problems(200, split="train", seed=3, settings=ArithmeticSettings()):
+    for problem in generate_problems(200, split="train", seed=3, settings=DEFAULT):
         assert teacher_solution(problem, rng) == problem
 
 
@@ -171,7 +172,7 @@ def _holds(step: str) -> bool:
 
 def test_teacher_slips_change_one_step_and_carry_the_error_to_the_answer():
     rng = random.Random(1)
-    problems = generate_problems(2000, split="train", seed=4, settings=ArithmeticSettings())
+    problems = generate_problems(2000, split="train", seed=4, settings=DEFAULT)
     taught = [teacher_solution(p, rng, slip_prob=0.3) for p in problems]
     wrong = [(p, t) for p, t in zip(problems, taught, strict=True) if t.answer != p.answer]
     assert 0.25 < len(wrong) / len(problems) < 0.35  # a changed digit always changes the value
@@ -185,7 +186,7 @@ def test_teacher_slips_change_one_step_and_carry_the_error_to_the_answer():
 
 def test_teacher_checks_repeat_true_steps_and_vary_lengths():
     rng = random.Random(2)
-    problems = generate_problems(500, split="train", seed=5, settings=ArithmeticSettings())
+    problems = generate_problems(500, split="train", seed=5, settings=DEFAULT)
     taught = [teacher_solution(p, rng, check_prob=0.5) for p in problems]
     assert all(t.answer == p.answer for p, t in zip(problems, taught, strict=True))
     extra = [len(_steps(t.solution)) - len(_steps(p.solution)) for p, t in zip(problems, taught, strict=True)]
@@ -196,7 +197,7 @@ def test_teacher_checks_repeat_true_steps_and_vary_lengths():
 
 def test_teacher_spaces_vary_length_and_nothing_else():
     rng = random.Random(3)
-    problems = generate_problems(500, split="train", seed=6, settings=ArithmeticSettings())
+    problems = generate_problems(500, split="train", seed=6, settings=DEFAULT)
     taught = [teacher_solution(p, rng, space_prob=0.5) for p in problems]
     assert all(t.solution.replace(" ", "") == p.solution for p, t in zip(problems, taught, strict=True))
     spaces = [t.solution.count(" ") for t in taught]

@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lrm_fast.grader import answers_match, extract_boxed, grade, grade_batch
+from lrm_fast.data.grader import answers_match, extract_boxed, grade, grade_batch
 
 # ----------------------------------------------------------------------------------------- extraction
 

@@ -3,8 +3,9 @@
 import jinja2
 import pytest
 
-from lrm_fast.tasks.arithmetic import ArithmeticSettings, generate_problems
-from lrm_fast.tokenizer import (
+from lrm_fast.config import DifficultyConfig
+from lrm_fast.data.arithmetic import generate_problems
+from lrm_fast.data.tokenizer import (
     ALPHABET,
     ASSISTANT,
     BOXED,
@@ -22,7 +23,7 @@ from lrm_fast.tokenizer import (
     unknown_characters,
 )
 
-PROBLEMS = generate_problems(200, split="train", seed=0, settings=ArithmeticSettings(parentheses_prob=0.5))
+PROBLEMS = generate_problems(200, split="train", seed=0, settings=DifficultyConfig(parentheses_prob=0.5))
 
 
 @pytest.fixture(scope="module")

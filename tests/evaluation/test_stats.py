@@ -4,28 +4,69 @@ import itertools
 import math
 from collections import Counter
 from fractions import Fraction
+from statistics import NormalDist
 
 import numpy as np
 import pytest
 
-from lrm_fast.eval_stats import (
+from lrm_fast.evaluation.stats import (
     AdaptiveState,
     adaptive_estimate,
     allocate,
     bootstrap_ci,
     maj_at_k,
     maj_at_k_curve,
-    normal_ci,
     pass_at_k,
     pass_at_k_curve,
     score_standard_error,
-    simulate_adaptive_vs_uniform,
-    summary,
     uncertain_mask,
     variance_share,
 )
 
 # --------------------------------------------------------------------------------------------- pass@k
+
+
+def normal_ci(n, c, level: float = 0.95) -> tuple[float, float]:
+    """The textbook interval score +- z * SE (smoothed SE), the baseline the bootstrap is checked beside."""
+    n, c = np.asarray(n), np.asarray(c)
+    score = float(np.mean(c / n))
+    half_width = NormalDist().inv_cdf((1 + level) / 2) * score_standard_error(n, c, smoothed=True)
+    return max(0.0, score - half_width), min(1.0, score + half_width)
+
+
+def _equal_split(total: int, parts: int) -> np.ndarray:
+    """`total` in `parts` integers as equal as possible, the remainder to the first ones."""
+    return np.full(parts, total // parts) + (np.arange(parts) < total % parts)
+
+
+def simulate_adaptive_vs_uniform(true_p, budget: int, initial: int, rounds: int, trials: int, seed=0) -> dict:
+    """A benchmark with known per-problem accuracies `true_p` and `budget` samples in total: uniform
+    (budget / P per problem) against adaptive (`initial` per problem, then the rest over `rounds` equal
+    rounds planned by `AdaptiveState.plan`). Empirical variance and bias of each score over `trials` runs,
+    of round 0 alone, and of the pooled adaptive mean sum c / sum n per problem."""
+    true_p = np.asarray(true_p, dtype=float)
+    round_budgets = _equal_split(budget - initial * len(true_p), rounds)
+    uniform_n = _equal_split(budget, len(true_p))
+    rng = np.random.default_rng(seed)
+    scores = {"uniform": [], "adaptive": [], "adaptive_pooled": [], "one_round": []}
+    for _ in range(trials):
+        scores["uniform"].append(np.mean(rng.binomial(uniform_n, true_p) / uniform_n))
+        state = AdaptiveState()
+        n_0 = np.full(len(true_p), initial)
+        state.add(n_0, rng.binomial(n_0, true_p))
+        for round_budget in round_budgets:
+            n_r = state.plan(int(round_budget))
+            state.add(n_r, rng.binomial(n_r, true_p))
+        n, c = state.totals()
+        scores["adaptive"].append(state.estimate())
+        scores["adaptive_pooled"].append(np.mean(c / n))
+        scores["one_round"].append(np.mean(state.rounds[0][1] / initial))
+    out = {"trials": trials}
+    for name, values in scores.items():
+        out[f"variance_{name}"] = float(np.var(values, ddof=1))
+        out[f"bias_{name}"] = float(np.mean(values)) - float(true_p.mean())
+    out["variance_ratio"] = out["variance_adaptive"] / out["variance_uniform"]
+    return out
 
 
 def closed_form_pass_at_k(n, c, k):
@@ -210,18 +251,6 @@ def test_ci_is_deterministic_and_contains_score():
     score = np.mean(c / n)
     for low, high in (normal_ci(n, c), bootstrap_ci(n, c, resamples=500)):
         assert low < score < high
-
-
-def test_summary_is_consistent_with_its_parts():
-    n, c = np.array([16, 16, 8, 16]), np.array([0, 8, 3, 16])
-    report = summary(n, c, seed=1)
-    assert report["avg_at_k"] == pytest.approx(np.mean(c / n))
-    assert report["standard_error"] == score_standard_error(n, c)
-    assert (report["ci_low"], report["ci_high"]) == bootstrap_ci(n, c, seed=1)
-    assert report["normal_ci"] == normal_ci(n, c)
-    assert report["uncertain_share"] == 0.5
-    assert report["uncertain_variance_share"] == variance_share(n, c)
-    assert report["pass_at_k"] == pytest.approx(pass_at_k_curve(n, c).tolist())
 
 
 # ---------------------------------------------------------------------------------- adaptive sampling

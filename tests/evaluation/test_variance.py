@@ -14,7 +14,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from lrm_fast.eval_variance import (
+from lrm_fast.evaluation.variance import (
     ProblemResults,
     decompose_variance,
     effective_samples,
@@ -104,7 +104,7 @@ def test_variance_components_add_up_when_questions_are_redrawn():
 
 
 def test_variance_effective_samples_of_adaptive_rounds_match_the_round_loop_formula():
-    from lrm_fast.multi_round import _adaptive_variance, _state
+    from lrm_fast.evaluation.adaptive import adaptive_variance, state_of
 
     rng = np.random.default_rng(2)
     true_p = rng.uniform(0, 1, size=12)
@@ -113,7 +113,7 @@ def test_variance_effective_samples_of_adaptive_rounds_match_the_round_loop_form
         rounds.append((n_r, rng.binomial(n_r, true_p)))
     n_eff = effective_samples(rounds)
     p = rng.uniform(0, 1, size=12)
-    assert np.sum(p * (1 - p) / n_eff) == pytest.approx(_adaptive_variance(_state(rounds), p))
+    assert np.sum(p * (1 - p) / n_eff) == pytest.approx(adaptive_variance(state_of(rounds), p))
     assert (n_eff <= sum(n_r for n_r, _ in rounds) + 1e-9).all()  # fixed weights cost samples
     assert np.array_equal(effective_samples(rounds[:1]), rounds[0][0])  # one round: plain counts
 
@@ -237,15 +237,16 @@ class ScriptedBackend:
 
 
 def _write_run(path, true_p, ids):
-    from lrm_fast.data import PromptExample
-    from lrm_fast.multi_round import EvalSettings, evaluate
+    from lrm_fast.config import EvalProtocol
+    from lrm_fast.data.examples import PromptExample
+    from lrm_fast.evaluation.multi_round import evaluate
 
     answers = [10 + i for i in range(len(true_p))]
     examples = [PromptExample(id=i, problem=i, answer=str(x)) for i, x in zip(ids, answers, strict=True)]
-    settings = EvalSettings(samples_per_problem=6, max_new_tokens=4, greedy=False, max_rounds=2, seed=7)
+    settings = EvalProtocol(samples_per_problem=6, max_new_tokens=4, greedy=False, max_rounds=2)
     prompts = [[i] for i in range(len(true_p))]
     backend = ScriptedBackend(answers, true_p)
-    return evaluate(backend, DigitTokenizer(), examples, prompts, settings, path, name="toy")
+    return evaluate(backend, DigitTokenizer(), examples, prompts, settings, path, name="toy", seed=7)
 
 
 def _compare(*args):
@@ -255,8 +256,8 @@ def _compare(*args):
 
 def test_paired_compare_cli_end_to_end_on_two_evaluations(tmp_path):
     from lrm_fast.cli.eval_compare import RUN_FORMAT, load_results
-    from lrm_fast.eval_report import format_table
-    from lrm_fast.multi_round import RUN_FORMAT as STORED_FORMAT
+    from lrm_fast.evaluation.multi_round import RUN_FORMAT as STORED_FORMAT
+    from lrm_fast.evaluation.report import format_table
 
     assert RUN_FORMAT == STORED_FORMAT  # the CLI's copy of the constant (it avoids importing torch)
     ids = [f"p{i}" for i in range(12)]

@@ -11,6 +11,7 @@ import sys
 import sysconfig
 
 import pytest
+from trainer_fixtures import QUICK
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -110,19 +111,7 @@ def test_without_the_installed_package_the_name_is_an_empty_placeholder(tmp_path
 
 
 # Two steps of the embedded default with a 40-step cold start: seconds, and every stage of a run.
-QUICK = [
-    "trainer=smoke",
-    "trainer.steps=2",
-    "trainer.prompts_per_step=8",
-    "rollout.group_size=4",
-    "eval.problems=16",
-    "cold_start.steps=40",
-    "cold_start.batch_size=32",
-    "cold_start.warmup_steps=5",
-    "cold_start.num_problems=2000",
-    "data.train_problems=200",
-    "trainer.progress_bar=false",
-]
+TWO_STEPS = [*QUICK, "trainer.steps=2"]
 
 
 @pytest.mark.parametrize(
@@ -136,7 +125,7 @@ def test_train_launches_from_the_checkout_root(launcher, tmp_path):
     env = {"LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     run = tmp_path / "run"
     result = _python(
-        [*launcher, "-m", "lrm_fast.cli.train", *QUICK, f"hydra.run.dir={run}"], env=env, timeout=600
+        [*launcher, "-m", "lrm_fast.cli.train", *TWO_STEPS, f"hydra.run.dir={run}"], env=env, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "summary.json").exists()

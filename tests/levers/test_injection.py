@@ -6,14 +6,15 @@ import pytest
 import torch
 from trainer_fixtures import synthetic_samples, tiny_model
 
-from lrm_fast import batch as B
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
 from lrm_fast.config import InjectionConfig, LossConfig, RewardConfig
-from lrm_fast.data import PromptExample
-from lrm_fast.injection import SolutionBank, load_solution_bank, plan_injections
+from lrm_fast.data.examples import PromptExample
+from lrm_fast.data.tokenizer import build_tokenizer
+from lrm_fast.levers.injection import SolutionBank, load_solution_bank, plan_injections
+from lrm_fast.levers.scoring import score_rollouts
 from lrm_fast.rollout import Rollout
-from lrm_fast.scoring import score_rollouts
-from lrm_fast.tokenizer import build_tokenizer
-from lrm_fast.update import micro_batch_loss, response_logits
+from lrm_fast.training.update import micro_batch_loss, response_logits
 
 
 def test_injection_plan_replaces_first_incorrect_of_too_hard_groups():
@@ -93,7 +94,7 @@ def test_injection_shaping_loss_is_luffy_term_on_injected_tokens(one_thread):
     B.assign_advantages(samples, 4, "std")
     samples[0].injected = samples[5].injected = True
     B.assign_weights(samples, "token_mean", B.local_normalisers(samples), sum_norm_length=10)
-    batch = B.collate(samples, pad_id=0)
+    batch = M.collate(samples, False)
     loss, _ = micro_batch_loss(model, None, batch, LossConfig(backend="torch"), 1.0, shaping_gamma=gamma)
     # Plain torch: on-policy clipped loss -A (ratio 1) elsewhere, -A p / (p + gamma) on injected tokens.
     logp = torch.log_softmax(response_logits(model, batch).float(), -1)

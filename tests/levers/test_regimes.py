@@ -4,11 +4,12 @@ import pytest
 import torch
 from trainer_fixtures import flat_grad, synthetic_samples, tiny_model
 
-from lrm_fast import batch as B
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig, RegimeConfig
-from lrm_fast.regimes import RegimeSchedule, apply_regime
-from lrm_fast.scoring import zero_variance_counts
-from lrm_fast.update import micro_batch_loss
+from lrm_fast.levers.regimes import RegimeSchedule, apply_regime
+from lrm_fast.levers.scoring import zero_variance_counts
+from lrm_fast.training.update import micro_batch_loss
 
 G = 4
 
@@ -59,8 +60,8 @@ def loss_and_grad(model, samples, aggregation="token_mean", renormalise=False):
     B.assign_weights(samples, aggregation, B.local_normalisers(counted), sum_norm_length=10)
     model.zero_grad(set_to_none=True)
     total = 0.0
-    for mb in B.micro_batches(samples, 4096):
-        loss, _ = micro_batch_loss(model, None, B.collate(mb, 0), LossConfig(backend="torch"), 1.0)
+    for mb in M.micro_batches(samples, 4096, False):
+        loss, _ = micro_batch_loss(model, None, M.collate(mb, False), LossConfig(backend="torch"), 1.0)
         loss.backward()
         total += loss.item()
     return total, flat_grad(model)

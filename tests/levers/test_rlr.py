@@ -2,7 +2,7 @@
 
 import pytest
 
-from lrm_fast.rewards import binary_rewards, relative_length_rewards
+from lrm_fast.levers.rewards import binary_rewards, relative_length_rewards
 
 STUDY = {"tau": 0.75, "b": 500.0, "lo": -0.5, "hi": 1.0}
 

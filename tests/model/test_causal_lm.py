@@ -3,13 +3,8 @@
 import pytest
 import torch
 
-from lrm_fast.model import (
-    TinyModelSettings,
-    build_model,
-    check_attn_implementation,
-    load_model,
-    tiny_qwen2_config,
-)
+from lrm_fast.config import TinyModelConfig
+from lrm_fast.model.causal_lm import build_model, check_attn_implementation, load_model, tiny_qwen2_config
 
 VOCAB = 28
 
@@ -27,20 +22,11 @@ def test_default_shape_and_parameter_count():
     assert model.model.layers[0].self_attn.head_dim == 32
 
 
-def test_settings_match_the_function_defaults():
-    from dataclasses import asdict
-
-    assert (
-        tiny_qwen2_config(VOCAB, **asdict(TinyModelSettings())).to_dict()
-        == tiny_qwen2_config(VOCAB).to_dict()
-    )
-
-
 def test_head_dim_below_32_is_refused():
     with pytest.raises(ValueError, match="head_dim"):
-        tiny_qwen2_config(VOCAB, hidden_size=128, num_heads=8)
+        tiny_qwen2_config(VOCAB, TinyModelConfig(hidden_size=128, num_heads=8))
     with pytest.raises(ValueError, match="multiple"):
-        tiny_qwen2_config(VOCAB, hidden_size=100, num_heads=3)
+        tiny_qwen2_config(VOCAB, TinyModelConfig(hidden_size=100, num_heads=3))
 
 
 def test_same_seed_same_weights_and_global_rng_untouched():

@@ -2,30 +2,36 @@
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-import lrm_fast.sft as sft
-from lrm_fast.model import TinyModelSettings, build_model, load_model, tiny_qwen2_config
-from lrm_fast.sft import (
+import lrm_fast.model.cold_start as sft
+from lrm_fast.config import ColdStartConfig, DifficultyConfig, TinyModelConfig
+from lrm_fast.data.arithmetic import generate_problems, make_problem
+from lrm_fast.data.tokenizer import build_tokenizer, load_tokenizer
+from lrm_fast.model.causal_lm import build_model, load_model, tiny_qwen2_config
+from lrm_fast.model.cold_start import (
     IGNORE_INDEX,
-    SFTSettings,
     cached_cold_start,
     cold_start_key,
     collate,
     encode_example,
-    lr_multiplier,
     response_loss,
     run_sft,
 )
-from lrm_fast.tasks.arithmetic import ArithmeticSettings, generate_problems, make_problem
-from lrm_fast.tokenizer import build_tokenizer, load_tokenizer
+from lrm_fast.model.optim import lr_multiplier
 
-TASK = ArithmeticSettings()
+TASK = DifficultyConfig()
 # The smallest shape the model code allows (head_dim 32), to keep these tests fast.
-SMALL = TinyModelSettings(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
-QUICK = SFTSettings(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, num_problems=16)
+SMALL = TinyModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
+QUICK = ColdStartConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, num_problems=16)
+
+
+def cached_in(directory) -> ColdStartConfig:
+    return replace(QUICK, cache_dir=str(directory))
+
 
 # Tiny models train several times faster on one intra-op thread on a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,10 +45,7 @@ def tokenizer():
 def small_model(tokenizer, seed=0):
     config = tiny_qwen2_config(
         len(tokenizer),
-        hidden_size=SMALL.hidden_size,
-        num_layers=SMALL.num_layers,
-        num_heads=SMALL.num_heads,
-        intermediate_size=SMALL.intermediate_size,
+        SMALL,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -119,11 +122,11 @@ def test_batches_cover_each_epoch_and_group_similar_lengths():
 
 def test_loss_decreases_and_is_deterministic(tokenizer):
     problems = generate_problems(8, split="train", seed=0, settings=TASK)
-    args = dict(steps=30, batch_size=8, lr=3e-3, warmup_steps=3, seed=0, log_every=10)
-    losses = run_sft(small_model(tokenizer), tokenizer, problems, **args)
+    cfg = ColdStartConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=3, seed=0)
+    losses = run_sft(small_model(tokenizer), tokenizer, problems, cfg, log_every=10)
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
-    assert run_sft(small_model(tokenizer), tokenizer, problems, **args) == losses
+    assert run_sft(small_model(tokenizer), tokenizer, problems, cfg, log_every=10) == losses
 
 
 def test_denormals_are_flushed(tokenizer):
@@ -133,11 +136,7 @@ def test_denormals_are_flushed(tokenizer):
         small_model(tokenizer),
         tokenizer,
         [make_problem("1+2")],
-        steps=1,
-        batch_size=1,
-        lr=1e-3,
-        warmup_steps=1,
-        seed=0,
+        ColdStartConfig(steps=1, batch_size=1, lr=1e-3, warmup_steps=1, seed=0),
     )
     # 1e-30 * 1e-10 is a float32 denormal; flushed, it becomes exactly zero.
     assert (torch.tensor([1e-30]) * 1e-10).item() == 0.0
@@ -154,9 +153,9 @@ def count_calls(monkeypatch):
     calls = []
     real = sft.run_sft
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
+    def spy(model, tokenizer, problems, cfg, **kwargs):
+        calls.append(cfg)
+        return real(model, tokenizer, problems, cfg, **kwargs)
 
     monkeypatch.setattr(sft, "run_sft", spy)
     return calls
@@ -164,14 +163,14 @@ def count_calls(monkeypatch):
 
 def test_cache_trains_once_then_reuses(tmp_path, monkeypatch):
     calls = count_calls(monkeypatch)
-    path = cached_cold_start(tmp_path, TASK, QUICK, SMALL)
-    assert len(calls) == 1 and calls[0]["steps"] == 3
+    path = cached_cold_start(TASK, cached_in(tmp_path), SMALL)
+    assert len(calls) == 1 and calls[0].steps == 3
     assert path.name == f"cold-start-{cold_start_key(TASK, QUICK, SMALL)}"
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no staging directory left
     assert {"config.json", "model.safetensors", "tokenizer.json", "cold_start.json"} <= {
         p.name for p in path.iterdir()
     }
-    assert cached_cold_start(tmp_path, TASK, QUICK, SMALL) == path
+    assert cached_cold_start(TASK, cached_in(tmp_path), SMALL) == path
     assert len(calls) == 1
     model, tokenizer = load_model(str(path)), load_tokenizer(str(path))
     assert model.config.hidden_size == SMALL.hidden_size and len(tokenizer) == model.config.vocab_size
@@ -180,11 +179,11 @@ def test_cache_trains_once_then_reuses(tmp_path, monkeypatch):
 def test_other_settings_get_another_directory():
     keys = {
         cold_start_key(TASK, QUICK, SMALL),
-        cold_start_key(ArithmeticSettings(max_operands=3), QUICK, SMALL),
+        cold_start_key(DifficultyConfig(max_operands=3), QUICK, SMALL),
         cold_start_key(
-            TASK, SFTSettings(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, num_problems=16), SMALL
+            TASK, ColdStartConfig(steps=4, batch_size=4, lr=1e-3, warmup_steps=1, num_problems=16), SMALL
         ),
-        cold_start_key(TASK, QUICK, TinyModelSettings()),
+        cold_start_key(TASK, QUICK, TinyModelConfig()),
     }
     assert len(keys) == 4
 
@@ -196,7 +195,7 @@ def test_interrupted_run_is_not_taken_as_a_cache(tmp_path, monkeypatch):
     staging.mkdir()
     (staging / "config.json").write_text("{}")
     calls = count_calls(monkeypatch)
-    path = cached_cold_start(tmp_path, TASK, QUICK, SMALL)
+    path = cached_cold_start(TASK, cached_in(tmp_path), SMALL)
     assert len(calls) == 1 and path == tmp_path / final_name
     assert load_model(str(path)).config.hidden_size == SMALL.hidden_size
 
@@ -207,5 +206,5 @@ def test_failure_while_saving_leaves_no_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(type(build_tokenizer()), "save_pretrained", fail)
     with pytest.raises(RuntimeError, match="killed"):
-        cached_cold_start(tmp_path, TASK, QUICK, SMALL)
+        cached_cold_start(TASK, cached_in(tmp_path), SMALL)
     assert list(tmp_path.iterdir()) == []  # neither a cache nor the staging directory

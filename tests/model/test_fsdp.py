@@ -9,13 +9,14 @@ import torch
 import torch.multiprocessing as mp
 from trainer_fixtures import synthetic_samples, tiny_model
 
-from lrm_fast import batch as B
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig
-from lrm_fast.distributed import apply_fsdp, gathered_for_generation
+from lrm_fast.data.tokenizer import build_tokenizer
+from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
 from lrm_fast.rollout import SamplingParams
 from lrm_fast.rollout.hf import HFRolloutBackend
-from lrm_fast.tokenizer import build_tokenizer
-from lrm_fast.update import policy_update
+from lrm_fast.training.update import policy_update
 
 GROUP, GROUPS, STEPS = 4, 6, 3
 LOSS = LossConfig(entropy_coef=0.01, micro_batch_tokens=48, backend="torch")
@@ -31,7 +32,7 @@ def _train(model, rank: int, world_size: int) -> list[dict]:
         mine = [s for g in groups[rank::world_size] for s in g]
         B.assign_advantages(mine, GROUP, "std")
         B.assign_weights(mine, "seq_mean_token_mean", B.local_normalisers(mine).all_reduce(), 10)
-        batches = [B.collate(mb, pad_id=0) for mb in B.micro_batches(mine, LOSS.micro_batch_tokens)]
+        batches = [M.collate(mb, False) for mb in M.micro_batches(mine, LOSS.micro_batch_tokens, False)]
         result = policy_update(model, None, optimizer, batches, LOSS, temperature=1.0, grad_clip=1.0)
         history.append({"loss": result.loss, "grad_norm": result.grad_norm, **result.stats})
     return history

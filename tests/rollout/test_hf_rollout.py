@@ -217,10 +217,6 @@ def test_restores_training_mode(model, backend):
     model.eval()
 
 
-def test_decode_drops_special_tokens(backend):
-    assert backend.decode([5, 6, PAD, EOS]) == "t5 t6"
-
-
 def test_sync_weights(model):
     copy = make_model(seed=1)
     backend = HFRolloutBackend(copy, make_tokenizer(), eos_token_ids=STOP_IDS)

@@ -103,7 +103,7 @@ def test_vllm_seeds_repeat_calls_and_vary_within_a_group(engine):
 
 
 def test_vllm_greedy_matches_our_greedy_loop(engine, policy):
-    from lrm_fast.multi_round import greedy_decode
+    from lrm_fast.evaluation.multi_round import greedy_decode
     from lrm_fast.rollout.hf import HFRolloutBackend
 
     model, tokenizer, _ = policy
@@ -142,9 +142,9 @@ def test_full_parameters_streams_every_weight_in_buckets():
 def test_training_with_vllm_rollouts(policy, tmp_path):
     """`lrm-fast-train rollout=vllm` on the embedded task: the engine follows every update (the sampler /
     trainer gap stays at fp32 noise over all steps) and truncated importance sampling is applied."""
-    from test_train_cli import QUICK
+    from trainer_fixtures import QUICK
 
-    from lrm_fast.metrics import read_metrics
+    from lrm_fast.training.metrics import read_metrics
 
     env = {**os.environ, "LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lrm_fast.cli.train", *QUICK, "rollout=vllm", "rollout.tis_cap=2.0"]
@@ -167,9 +167,9 @@ def test_two_rank_training_pushes_fsdp_weights_into_each_engine(policy, tmp_path
     """torchrun with 2 gloo ranks: FSDP2 shards the policy, every rank owns an engine (vLLM's
     external_launcher) or both share one tensor-parallel engine, and after every update the engines
     sample from the gathered new weights."""
-    from test_train_cli import QUICK
+    from trainer_fixtures import QUICK
 
-    from lrm_fast.metrics import read_metrics
+    from lrm_fast.training.metrics import read_metrics
 
     env = {**os.environ, "LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -190,9 +190,9 @@ def test_killed_vllm_run_resumes_and_pushes_the_restored_weights(policy, tmp_pat
     starts from the cold start's files, so it must be given the restored weights before sampling (the
     sampler / trainer gap of steps 5 and 6 shows it). vLLM's own RNG is not checkpointed: the resumed
     steps sample other responses than an uninterrupted run would."""
-    from test_train_cli import QUICK
+    from trainer_fixtures import QUICK
 
-    from lrm_fast.metrics import read_metrics
+    from lrm_fast.training.metrics import read_metrics
 
     env = {**os.environ, "LRM_FAST_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
@@ -220,14 +220,15 @@ def test_eval_cli_with_the_vllm_backend(tmp_path):
     """`lrm-fast-eval backend=vllm`: the multi-round evaluation on a standalone engine; its greedy
     responses equal the hf backend's, and every round's samples are stored."""
     _vllm_or_skip()
-    from lrm_fast.model import build_model, tiny_qwen2_config
-    from lrm_fast.tokenizer import build_tokenizer
+    from lrm_fast.config import TinyModelConfig
+    from lrm_fast.data.tokenizer import build_tokenizer
+    from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
 
     tokenizer = build_tokenizer()
+    shape = TinyModelConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
     config = tiny_qwen2_config(
-        len(tokenizer), hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+        len(tokenizer), shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
     model_dir = tmp_path / "model"
     build_model(config, seed=0).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

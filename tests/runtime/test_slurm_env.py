@@ -3,7 +3,7 @@ with tasks_per_node = GPUs). Only the mapping is tested: no process group is ini
 
 import pytest
 
-from lrm_fast.distributed import first_host, slurm_rank_env
+from lrm_fast.runtime.distributed import first_host, slurm_rank_env
 
 # Rank 11 of 16: two nodes of 8 tasks, its third task on the second node (what srun sets for it).
 SRUN_TASK = {

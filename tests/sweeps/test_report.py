@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from lrm_fast.cli.report import main as report_main
-from lrm_fast.metrics import read_metrics
-from lrm_fast.report import PLOT_NAMES, build_report, find_runs, group_runs, moving_average
+from lrm_fast.sweeps.report import PLOT_NAMES, build_report, find_runs, group_runs, moving_average
+from lrm_fast.training.metrics import read_metrics
 
 COMMON = ["trainer=smoke", "eval.problems=16"]
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from trainer_fixtures import flat_grad, synthetic_samples, tiny_model
 
-from lrm_fast import batch as B
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig
 from lrm_fast.kernels import token_logprobs
-from lrm_fast.update import micro_batch_loss, sampler_correction
+from lrm_fast.training.update import micro_batch_loss, sampler_correction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +35,7 @@ def _batch_with_sampler_logprobs(model, shift: float):
     samples = synthetic_samples(num_groups=2, group_size=4)
     B.assign_advantages(samples, 4, "std")
     B.assign_weights(samples, "token_mean", B.local_normalisers(samples), sum_norm_length=10)
-    batch = B.collate(samples, pad_id=0)
+    batch = M.collate(samples, False)
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logp = token_logprobs(logits[batch.row, batch.position], batch.targets, temperature=1.0)

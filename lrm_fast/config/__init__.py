@@ -1,0 +1,54 @@
+"""Typed configuration: the schemas (one definition of every key), their choices, and their checks.
+
+Nothing here imports Hydra or OmegaConf: lrm_fast/cli registers these dataclasses in Hydra's ConfigStore
+and converts what Hydra composes into them once; everything below the entry points gets typed objects.
+"""
+
+from lrm_fast.config.evaluate import (
+    BenchmarkConfig,
+    EvalAppConfig,
+    EvalModelConfig,
+    EvalProtocol,
+    protocol_of,
+)
+from lrm_fast.config.train import (
+    ColdStartConfig,
+    DataConfig,
+    DifficultyConfig,
+    EvalConfig,
+    InjectionConfig,
+    LossConfig,
+    ModelConfig,
+    RegimeConfig,
+    RewardConfig,
+    RolloutConfig,
+    TinyModelConfig,
+    TrainConfig,
+    TrainerConfig,
+)
+from lrm_fast.config.validation import check_difficulty, validate, validate_eval, validate_protocol
+
+__all__ = [
+    "BenchmarkConfig",
+    "ColdStartConfig",
+    "DataConfig",
+    "DifficultyConfig",
+    "EvalAppConfig",
+    "EvalConfig",
+    "EvalModelConfig",
+    "EvalProtocol",
+    "InjectionConfig",
+    "LossConfig",
+    "ModelConfig",
+    "RegimeConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "TinyModelConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "check_difficulty",
+    "protocol_of",
+    "validate",
+    "validate_eval",
+    "validate_protocol",
+]

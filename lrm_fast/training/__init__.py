@@ -1,0 +1,1 @@
+"""The training loop: assembly of a run's parts, the GRPO step and update, checkpoints and metrics."""
