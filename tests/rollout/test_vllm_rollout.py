@@ -103,12 +103,11 @@ def test_vllm_seeds_repeat_calls_and_vary_within_a_group(engine):
 
 
 def test_vllm_greedy_matches_our_greedy_loop(engine, policy):
-    from lrm_fast.evaluation.multi_round import greedy_decode
     from lrm_fast.rollout.hf import HFRolloutBackend
 
     model, tokenizer, _ = policy
-    ours = greedy_decode(HFRolloutBackend(model, tokenizer, eos_token_ids=STOP_IDS), PROMPTS, 12)
-    assert greedy_decode(engine, PROMPTS, 12) == ours
+    ours = HFRolloutBackend(model, tokenizer, eos_token_ids=STOP_IDS).greedy(PROMPTS, 12)
+    assert engine.greedy(PROMPTS, 12) == ours
 
 
 def test_vllm_follows_the_weights_after_an_update_and_a_push(engine, policy):
@@ -242,7 +241,7 @@ def test_eval_cli_with_the_vllm_backend(tmp_path):
     for backend in ("hf", "vllm"):
         out = tmp_path / backend
         command = [sys.executable, "-m", "lrm_fast.cli.eval", f"model.path={model_dir}", f"output_dir={out}"]
-        command += [f"hydra.run.dir={out}/hydra", f"backend={backend}", "adaptive.max_rounds=2", *quick]
+        command += [f"hydra.run.dir={out}/hydra", f"backend={backend}", "max_rounds=2", *quick]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[backend] = json.loads((out / "results.json").read_text())["benchmarks"]["arithmetic"]
