@@ -1,7 +1,18 @@
 """Fixtures shared across the test tree."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+# Datasets read in tests (through `datasets`, lrm_fast/data/loading.py) are cached in a folder of this
+# session, never in the user's HF cache. Set before `datasets` is first imported: it reads this once.
+_DATASETS_CACHE = tempfile.mkdtemp(prefix="lrm_fast_test_datasets_")
+os.environ["HF_DATASETS_CACHE"] = _DATASETS_CACHE
+atexit.register(shutil.rmtree, _DATASETS_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -26,7 +26,14 @@ from lrm_fast.config.train import (
     TrainConfig,
     TrainerConfig,
 )
-from lrm_fast.config.validation import check_difficulty, validate, validate_eval, validate_protocol
+from lrm_fast.config.validation import (
+    check_difficulty,
+    check_inputs,
+    check_model_path,
+    validate,
+    validate_eval,
+    validate_protocol,
+)
 
 __all__ = [
     "BenchmarkConfig",
@@ -47,6 +54,8 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "check_difficulty",
+    "check_inputs",
+    "check_model_path",
     "protocol_of",
     "validate",
     "validate_eval",

@@ -2,9 +2,10 @@
 and `lrm-fast-eval`), and `lrm-fast-eval`'s own keys.
 
 Defaults are the study's evaluation protocol on real data (PAPER.md §6: temperature 0.6, top_p 0.95, long
-responses); conf/evaluate.yaml gives its built-in benchmark the tiny task's own small sample count and
-length. The checkpoint is `model.path`, not `model=...`: conf/ also holds the trainer's `model` config
-group, and Hydra reads a `model=...` override as a choice in that group.
+responses); conf/benchmarks/arithmetic.yaml gives its built-in benchmark the tiny task's own small sample
+count and length, conf/benchmarks/study.yaml the study's suite. The checkpoint is `model.path`, not
+`model=...`: conf/ also holds the trainer's `model` config group, and Hydra reads a `model=...` override as
+a choice in that group.
 """
 
 from dataclasses import dataclass, field, fields, replace
@@ -67,20 +68,27 @@ class EvalModelConfig:
 
 @dataclass
 class BenchmarkConfig:
-    """One benchmark: a local .jsonl/.parquet file, or `builtin:arithmetic` (the built-in task's held-out
-    split, exactly the problems the trainer evaluates on)."""
+    """One benchmark: a dataset (lrm_fast/config/datasets.py), or `builtin:arithmetic` (the built-in
+    task's held-out split, exactly the problems the trainer evaluates on)."""
 
     name: str = MISSING  # its key in results.json and its label in the table and plots
-    path: str = MISSING  # file path, or builtin:arithmetic
-    problem_key: str = "problem"
-    answer_key: str = "answer"
-    options_key: str = "options"  # multiple choice: a list of option texts or a {letter: text} dict
-    id_key: str = "id"  # optional column; the row index when absent
+    # catalogue:NAME (conf/catalogue.yaml), a local .json/.jsonl/.parquet file or dataset folder, an
+    # http(s) URL of such a file, a Hugging Face Hub dataset id, or builtin:arithmetic
+    path: str = MISSING
+    split: str | None = None  # null: a catalogue entry's own, else "train" (a single file's only split)
+    subset: str | None = None  # the hub dataset's configuration (load_dataset's `name`)
+    revision: str | None = None  # commit, tag or branch of a hub dataset
+    # Column mapping; null keeps a catalogue entry's own, else the name shown.
+    problem_key: str | None = None  # "problem"
+    answer_key: str | None = None  # "answer"
+    options_key: str | None = None  # "options"; multiple choice: option texts or a {letter: text} dict
+    id_key: str | None = None  # "id"; optional column, the row index when absent
     problems: int | None = None  # the first N problems (builtin: how many held-out problems; default 1000)
     samples_per_problem: int | None = None  # k of the first round for this benchmark; null: the global one
     max_new_tokens: int | None = None  # response limit for this benchmark; null: the global one
-    # Prompt template around the problem ({problem} is replaced). null: the built-in task's bare
-    # "{problem}", DeepScaleR's suffix for files (PAPER.md §1), a letter instruction for multiple choice.
+    # Prompt template around the problem ({problem} is replaced). null: a catalogue entry's own, else the
+    # built-in task's bare "{problem}", DeepScaleR's suffix (PAPER.md §1), a letter instruction for
+    # multiple choice.
     template: str | None = None
 
 

@@ -96,17 +96,30 @@ class DifficultyConfig:
 
 @dataclass
 class DataConfig:
-    """Prompts: the built-in task (name=arithmetic) or local files (name=file)."""
+    """Prompts: the built-in task (name=arithmetic) or datasets (name=file; lrm_fast/config/datasets.py)."""
 
     name: DataSource = DataSource.arithmetic
     seed: int = 0  # generator seed of the built-in task (splits are disjoint by construction)
     train_problems: int = 20_000  # size of the built-in task's GRPO prompt pool
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
-    train_path: str | None = None  # jsonl or parquet with `problem_key` and `answer_key` columns
-    heldout_path: str | None = None
-    problem_key: str = "problem"
-    answer_key: str = "answer"
-    # The study's (DeepScaleR's) instruction, appended to every problem of a real dataset.
+    # A dataset: catalogue:NAME (conf/catalogue.yaml, the study's data), a local .json/.jsonl/.parquet
+    # file or dataset folder, an http(s) URL of such a file, or a Hugging Face Hub dataset id.
+    train_path: str | None = None
+    heldout_path: str | None = None  # the held-out prompts (validation); null: none
+    # Settings of those datasets; null keeps a catalogue entry's own, else the default (split "train",
+    # the dataset's default subset, the newest revision). subset and revision apply to both paths.
+    train_split: str | None = None
+    heldout_split: str | None = None
+    subset: str | None = None  # the hub dataset's configuration (load_dataset's `name`)
+    revision: str | None = None  # commit, tag or branch of a hub dataset (pins it)
+    # Column mapping; null keeps a catalogue entry's own, else the name shown. A dotted name reaches into
+    # a struct column (reward_model.ground_truth); a chat column gives its last user message.
+    problem_key: str | None = None  # "problem"
+    answer_key: str | None = None  # "answer"
+    id_key: str | None = None  # "id"; the row index where absent
+    solutions_key: str | None = None  # "solutions": stored correct solutions for injection=osi
+    # The study's (DeepScaleR's) instruction, appended to every problem of a real dataset (the study's own
+    # training files carry it in their prompts: their catalogue entries remove it, so it is added once).
     prompt_suffix: str = " Let's think step by step and output the final answer within \\boxed{}."
 
 
@@ -200,8 +213,9 @@ class InjectionConfig:
     name: Injection = Injection.none
     alpha: float = 0.125  # groups with accuracy <= alpha receive stored correct solutions
     cap: int = 1  # at most this many responses replaced per group
-    # Solution bank: null reads the dataset's `solutions` column (the built-in task has one);
-    # a path reads a jsonl of {"id": ..., "solutions": [...]} keyed by problem id.
+    # Solution bank: null reads the training dataset's solutions column (data.solutions_key; the built-in
+    # task has one); else a separate dataset (any source data.train_path accepts) with `id` and
+    # `solutions` columns (a catalogue entry: its own), keyed by problem id.
     bank_path: str | None = None
     # LUFFY-style shaping of injected tokens: loss -A * p / (p + gamma), unclipped (their released run)
     shaping: bool = False
@@ -235,7 +249,11 @@ class TrainerConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # a step whose gradient norm is not finite is skipped
+    grad_clip: float = 1.0
+    # A step with a non-finite loss, gradient norm, updated parameter or sampled logit is skipped or rolled
+    # back (lrm_fast/training/guard.py); after this many such steps with no good update between them the
+    # run stops, leaving a checkpoint.
+    max_bad_steps: int = 3
     checkpoint_every: int = 50  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2
     resume: str | None = None  # run directory of a killed run to continue

@@ -6,7 +6,8 @@ the config is composed. Every error is a ValueError (FileNotFoundError for a mis
 
 from pathlib import Path
 
-from lrm_fast.config.choices import DataSource, ModelSource, Regime
+from lrm_fast.config.choices import DataSource, Injection, ModelSource, Regime
+from lrm_fast.config.datasets import check_source
 from lrm_fast.config.evaluate import BUILTIN_BENCHMARKS, BenchmarkConfig, EvalAppConfig, EvalProtocol
 from lrm_fast.config.train import DifficultyConfig, TrainConfig
 
@@ -28,11 +29,6 @@ def _probability(key: str, value) -> None:
     _check(0 <= value <= 1, key, "in [0, 1]", value)
 
 
-def _existing_file(key: str, path: str | None) -> None:
-    if path and not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"{key}: no such file: {path}")
-
-
 def validate(cfg: TrainConfig) -> None:
     """Every check of a `lrm-fast-train` config."""
     _validate_inputs(cfg)
@@ -48,17 +44,45 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _validate_inputs(cfg: TrainConfig) -> None:
-    """The model, data and run directory the job reads: named where they must be, present on disk."""
+    """The model and data the job reads: named where they must be."""
+    _at_least("seed", cfg.seed, 0)
     if cfg.model.name == ModelSource.pretrained and not cfg.model.path:
         raise ValueError("model.path is required with model=pretrained (a local directory or HF cache id)")
-    if cfg.data.name == DataSource.file:
-        if not cfg.data.train_path:
-            raise ValueError("data.train_path is required with data=file")
-        _existing_file("data.train_path", cfg.data.train_path)
-        _existing_file("data.heldout_path", cfg.data.heldout_path)
+    if cfg.data.name == DataSource.file and not cfg.data.train_path:
+        raise ValueError("data.train_path is required with data=file")
     _positive("data.train_problems", cfg.data.train_problems)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What the job reads exists: data files, the solution bank, the run to resume, the model (a local
+    directory with a config.json, or a model in the HF cache). Run before any model is built."""
+    if cfg.data.name == DataSource.file:
+        check_source("data.train_path", cfg.data.train_path)
+        check_source("data.heldout_path", cfg.data.heldout_path)
+    if cfg.injection.name == Injection.osi:
+        check_source("injection.bank_path", cfg.injection.bank_path)
     if cfg.trainer.resume and not Path(cfg.trainer.resume).expanduser().is_dir():
         raise FileNotFoundError(f"trainer.resume: no such run directory: {cfg.trainer.resume}")
+    if cfg.model.name == ModelSource.pretrained:
+        check_model_path("model.path", cfg.model.path)
+
+
+def check_model_path(key: str, path: str) -> None:
+    """A saved model directory, or a hub id whose config is in the HF cache (nothing is downloaded)."""
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"{key}: {path} is not a saved model (it has no config.json)")
+        return
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1:  # a path, not an org/name hub id
+        raise FileNotFoundError(f"{key}: no such model directory: {path}")
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+        raise FileNotFoundError(
+            f"{key}: {path} is neither a local directory nor in the HF cache, and lrm_fast never downloads: "
+            f"fetch it first (`hf download {path}`) or give a local path"
+        )
 
 
 def _validate_rollout(cfg: TrainConfig) -> None:
@@ -113,7 +137,6 @@ def _validate_levers(cfg: TrainConfig) -> None:
     _check(0 <= injection.alpha < 1, "injection.alpha", "in [0, 1)", injection.alpha)
     _positive("injection.cap", injection.cap)
     _positive("injection.gamma", injection.gamma)
-    _existing_file("injection.bank_path", injection.bank_path)
 
 
 def _validate_trainer(cfg: TrainConfig) -> None:
@@ -123,6 +146,7 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     _at_least("trainer.warmup_steps", trainer.warmup_steps, 0)
     _at_least("trainer.weight_decay", trainer.weight_decay, 0)
     _at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
+    _at_least("trainer.max_bad_steps", trainer.max_bad_steps, 1)
 
 
 def _validate_cold_start(cfg: TrainConfig) -> None:
@@ -206,7 +230,4 @@ def _validate_benchmark(key: str, spec: BenchmarkConfig) -> None:
             spec.path in BUILTIN_BENCHMARKS, f"{key}.path", f"one of {list(BUILTIN_BENCHMARKS)}", spec.path
         )
         return
-    path = Path(spec.path).expanduser()
-    _check(path.suffix in (".jsonl", ".parquet"), f"{key}.path", "a .jsonl or .parquet file", spec.path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}.path: no such file: {spec.path}")
+    check_source(f"{key}.path", spec.path)  # a dataset by name: checked without reading it

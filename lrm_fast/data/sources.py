@@ -1,4 +1,4 @@
-"""A run's prompts by source: the built-in task's splits, or the configured files.
+"""A run's prompts by source: the built-in task's splits, or the configured datasets.
 
 One function for the trainer and the evaluator, so that `lrm-fast-eval`'s `builtin:arithmetic` scores a
 checkpoint on exactly the held-out problems its training run evaluated (at the default task settings).
@@ -6,8 +6,9 @@ checkpoint on exactly the held-out problems its training run evaluated (at the d
 
 from lrm_fast.config import DataConfig, DifficultyConfig
 from lrm_fast.config.choices import DataSource
+from lrm_fast.config.datasets import DatasetSource, resolve_source
 from lrm_fast.data.arithmetic import generate_problems, solutions
-from lrm_fast.data.examples import Columns, PromptExample, load_prompts
+from lrm_fast.data.examples import PromptExample, load_prompts
 
 # Stored correct solutions per built-in problem: the offline solution bank of injection=osi.
 BANK_SOLUTIONS = 4
@@ -25,12 +26,23 @@ def arithmetic_examples(n: int, split: str, seed: int, difficulty: DifficultyCon
 
 
 def load_examples(data: DataConfig, num_heldout: int) -> tuple[list[PromptExample], list[PromptExample]]:
-    """(train, held-out) prompts: the built-in task's splits or the configured files."""
+    """(train, held-out) prompts: the built-in task's splits or the configured datasets."""
     if data.name == DataSource.arithmetic:
         train = arithmetic_examples(data.train_problems, "train", data.seed, data.difficulty)
         heldout = arithmetic_examples(num_heldout, "held_out", data.seed + 1, data.difficulty)
         return train, heldout
-    columns = Columns(problem=data.problem_key, answer=data.answer_key)
-    train = load_prompts(data.train_path, columns)
-    heldout = load_prompts(data.heldout_path, columns)[:num_heldout] if data.heldout_path else []
+    train = load_prompts(data_source(data, data.train_path, data.train_split))
+    heldout_source = data_source(data, data.heldout_path, data.heldout_split) if data.heldout_path else None
+    heldout = load_prompts(heldout_source)[:num_heldout] if heldout_source else []
     return train, heldout
+
+
+def data_source(data: DataConfig, path: str, split: str | None) -> DatasetSource:
+    """The dataset `path` names (a catalogue entry, or the path itself) with the data config's settings."""
+    columns = {
+        "problem": data.problem_key,
+        "answer": data.answer_key,
+        "id": data.id_key,
+        "solutions": data.solutions_key,
+    }
+    return resolve_source(path, subset=data.subset, split=split, revision=data.revision, columns=columns)

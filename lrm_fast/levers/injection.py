@@ -15,14 +15,23 @@ Choices the study leaves open, fixed here: the first k incorrect responses of th
 (all have reward 0, so which ones changes nothing but their lengths) by the first k usable solutions
 of the bank.
 
-The bank comes from the dataset's ``solutions`` column (the built-in task has one: several valid orders
-of the reference steps) or from a separate jsonl file of ``{"id": ..., "solutions": [...]}`` lines keyed
-by problem id.
+The bank comes from the dataset's solutions column (the built-in task has one: several valid orders of
+the reference steps; the study's OSI file has ``offline_samples_str_list``) or from a separate dataset
+by name (any source the training data accepts, read by the same function) with ``id`` and ``solutions``
+columns, keyed by problem id.
 """
 
 from pathlib import Path
 
-from lrm_fast.data.examples import PromptExample, read_jsonl
+from lrm_fast.data.examples import (
+    PromptExample,
+    RowError,
+    as_source,
+    field_value,
+    read_examples,
+    solutions_field,
+    text_field,
+)
 
 
 def plan_injections(
@@ -65,14 +74,17 @@ class SolutionBank:
 
 
 def load_solution_bank(path: str | Path) -> dict[str, tuple[str, ...]]:
-    """{problem id: solutions} from a jsonl file; a bad line raises ValueError naming file and line."""
-    path, bank = Path(path).expanduser(), {}
-    for where, record in read_jsonl(path):
-        solutions = record.get("solutions")
-        if isinstance(solutions, str):
-            solutions = [solutions]
-        valid = isinstance(solutions, list) and all(isinstance(s, str) for s in solutions)
-        if "id" not in record or not valid:
-            raise ValueError(f'{path}, {where}: expected {{"id": ..., "solutions": [strings]}}')
-        bank[str(record["id"])] = tuple(solutions)
-    return bank
+    """{problem id: solutions} of a dataset: a catalogue entry (its own id and solutions columns) or a
+    file, folder, URL or hub id with `id` and `solutions` columns. A bad row raises ValueError naming
+    the file and line (or row)."""
+    source = as_source(path)
+    columns = source.columns
+
+    def entry(record: dict, index: int) -> tuple[str, tuple[str, ...]]:
+        problem_id = field_value(record, columns.id)
+        if problem_id is None:
+            raise RowError(f"no value in column {columns.id!r} (the bank is keyed by problem id)")
+        solutions = field_value(record, columns.solutions)
+        return text_field(problem_id, columns.id), solutions_field(solutions, columns.solutions)
+
+    return dict(read_examples(source, (columns.id, columns.solutions), entry))

@@ -1,8 +1,10 @@
-"""Tests for prompt loading (JSON Lines, Parquet), the prompt template and the resumable sampler."""
+"""Tests for prompt loading from local files (JSON Lines, Parquet), the prompt template and the resumable
+sampler. Datasets by name (folders, URLs, the catalogue) are tested in test_loading.py."""
 
 import json
-import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
@@ -61,22 +63,29 @@ def test_load_jsonl_custom_columns_and_blank_lines(tmp_path):
             id="bad-json-after-blank-line",
         ),
         pytest.param(
-            ['["problem", "answer"]'],
-            r"bad\.jsonl, line 1: expected a JSON object, got list",
+            ['{"problem": "a", "answer": "1"}', '["problem", "answer"]'],
+            r"bad\.jsonl, line 2: expected a JSON object, got list",
             id="not-object",
         ),
         pytest.param(
+            ['["problem", "answer"]'],
+            r"bad\.jsonl \(split train\): no column 'problem' \(columns: text\)",
+            id="only-lists",
+        ),
+        pytest.param(
             ['{"problem": "a", "answer": "1"}', '{"problem": "b", "solution": "x"}'],
-            r"bad\.jsonl, line 2: missing column 'answer' \(found: problem, solution\)",
+            r"bad\.jsonl, line 2: no value in column 'answer' \(the row has: problem, solution\)",
             id="missing-answer",
         ),
         pytest.param(
-            ['{"answer": "1"}'], r"bad\.jsonl, line 1: missing column 'problem'", id="missing-problem"
+            ['{"answer": "1"}'],
+            r"bad\.jsonl \(split train\): no column 'problem' \(columns: answer\)",
+            id="missing-problem",
         ),
         pytest.param(
-            ['{"problem": "a", "answer": ["1", "2"]}'],
-            r"bad\.jsonl, line 1: column 'answer' must be a string or a number, got list",
-            id="answer-list",
+            ['{"problem": "a", "answer": []}'],
+            r"bad\.jsonl, line 1: column 'answer' is an empty list",
+            id="answer-empty-list",
         ),
         pytest.param(
             ['{"problem": "a", "answer": true}'],
@@ -103,7 +112,7 @@ def test_load_jsonl_custom_columns_and_blank_lines(tmp_path):
             r"bad\.jsonl, line 1: column 'id' must be a string or a number, got dict",
             id="id-dict",
         ),
-        pytest.param(["", "  "], r"bad\.jsonl: no examples", id="empty"),
+        pytest.param(["", "  "], r"bad\.jsonl: no rows", id="empty"),
     ],
 )
 def test_load_jsonl_errors_name_file_and_line(tmp_path, lines, message):
@@ -115,7 +124,7 @@ def test_load_jsonl_errors_name_file_and_line(tmp_path, lines, message):
 
 def test_missing_file_names_path(tmp_path):
     path = tmp_path / "nowhere" / "train.jsonl"
-    with pytest.raises(FileNotFoundError, match=f"prompt file not found: {path}"):
+    with pytest.raises(FileNotFoundError, match=f"dataset file not found: {path}"):
         load_prompts(path)
 
 
@@ -126,19 +135,7 @@ def test_unsupported_suffix(tmp_path):
         load_prompts(path)
 
 
-def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
-    path = tmp_path / "train.parquet"
-    path.write_bytes(b"PAR1")
-    # None in sys.modules makes the import fail, whether or not pyarrow is installed here.
-    monkeypatch.setitem(sys.modules, "pyarrow", None)
-    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(ImportError, match=r"train\.parquet needs pyarrow: pip install 'lrm-fast\[parquet\]'"):
-        load_prompts(path)
-
-
 def test_load_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
     table = pa.table(
         {
             "problem": ["1+1?", "2+2?"],
@@ -153,7 +150,7 @@ def test_load_parquet(tmp_path):
     ]
     pq.write_table(pa.table({"problem": ["a", "b"], "answer": ["1", None]}), tmp_path / "bad.parquet")
     with pytest.raises(
-        ValueError, match=r"bad\.parquet, row 2: column 'answer' must be a string or a number"
+        ValueError, match=r"bad\.parquet, row 2: no value in column 'answer' \(the row has: problem\)"
     ):
         load_prompts(tmp_path / "bad.parquet")
 
