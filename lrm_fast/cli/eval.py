@@ -6,10 +6,11 @@ table, draw the plots. Rerunning with the same output_dir (or hydra.run.dir) res
 finished rounds are kept, the next one starts.
 
     lrm-fast-eval model.path=outputs/DATE/TIME/final_model
-    lrm-fast-eval model.path=/models/r1-distill-1.5b model.dtype=bfloat16 samples_per_problem=16 \
-        'benchmarks=[{name: aime24, path: /data/aime24.jsonl}, {name: amc, path: /data/amc.jsonl}]'
+    lrm-fast-eval model.path=/models/r1-distill-1.5b model.dtype=bfloat16 benchmarks=study
+    lrm-fast-eval model.path=... benchmarks=file benchmarks.0.name=aime24 benchmarks.0.path=/data/aime24.jsonl
 """
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import hydra
@@ -17,33 +18,49 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lrm_fast.cli.configs import register_configs, typed
+from lrm_fast.cli.launch import input_errors
 from lrm_fast.config import BenchmarkConfig, EvalAppConfig, EvalModelConfig, protocol_of, validate_eval
 from lrm_fast.config.choices import Device, RolloutEngine
+from lrm_fast.runtime.lock import directory_lock
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lrm_fast.conf", config_name="evaluate")
 def main(dict_cfg: DictConfig) -> dict:
-    cfg: EvalAppConfig = typed(dict_cfg)
-    validate_eval(cfg)
-    # Heavy imports (torch, transformers, math-verify) once the config is known to be valid.
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    holds = ExitStack()
+    with input_errors("lrm-fast-eval", hydra_dir, holds):
+        cfg: EvalAppConfig = typed(dict_cfg)
+        validate_eval(cfg)
+        check_shadowed_overrides(cfg, HydraConfig.get().overrides.task)
+        # Heavy imports (torch, transformers, math-verify) once the config is known to be valid.
+        from lrm_fast.evaluation.benchmarks import load_benchmark
+
+        benchmarks = [load_benchmark(spec) for spec in cfg.benchmarks]  # a bad file fails before the model
+        out_dir = Path(cfg.output_dir or hydra_dir).expanduser()
+        holds.enter_context(directory_lock(out_dir, "lrm-fast-eval"))
+    with holds:
+        return evaluate_all(cfg, benchmarks, out_dir, OmegaConf.to_container(dict_cfg, resolve=True))
+
+
+def evaluate_all(cfg: EvalAppConfig, benchmarks, out_dir: Path, config: dict) -> dict:
+    """Load the model, evaluate each benchmark into OUT_DIR/results.json, print the table, draw the plots."""
     from lrm_fast.data.prompts import encode_prompts
-    from lrm_fast.evaluation.benchmarks import load_benchmark
     from lrm_fast.evaluation.multi_round import evaluate, load_run
     from lrm_fast.evaluation.report import format_table, write_plots
     from lrm_fast.runtime import configure_runtime
 
-    benchmarks = [load_benchmark(spec) for spec in cfg.benchmarks]
-    out_dir = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir).expanduser()
+    protocols = [benchmark_protocol(cfg, spec) for spec in cfg.benchmarks]
+    for benchmark, protocol in zip(benchmarks, protocols, strict=True):
+        print(f"[{benchmark.name}] {len(benchmark.examples)} problems, {describe(protocol)}")
     results = out_dir / "results.json"
     configure_runtime(cfg.num_threads)
     backend, tokenizer = load_backend(cfg)
-    start_run_file(results, cfg, OmegaConf.to_container(dict_cfg, resolve=True))  # once the model loaded
+    start_run_file(results, cfg, config)  # once the model loaded
     summaries = {}
-    for spec, benchmark in zip(cfg.benchmarks, benchmarks, strict=True):
+    for benchmark, protocol in zip(benchmarks, protocols, strict=True):
         prompts = encode_prompts(benchmark.examples, tokenizer, benchmark.template)
-        protocol = benchmark_protocol(cfg, spec)
         examples, name = benchmark.examples, benchmark.name
         summaries[name] = evaluate(
             backend, tokenizer, examples, prompts, protocol, results, name, print, seed=cfg.seed
@@ -53,6 +70,34 @@ def main(dict_cfg: DictConfig) -> dict:
         print(f"wrote {path}")
     print(f"wrote {results}")
     return summaries
+
+
+# Global keys a benchmark entry may set for itself (BenchmarkConfig), shadowing the global value.
+PER_BENCHMARK_KEYS = ("samples_per_problem", "max_new_tokens")
+
+
+def check_shadowed_overrides(cfg: EvalAppConfig, overrides) -> None:
+    """Refuse a global override that no benchmark would use: every entry sets its own value of that key
+    (conf/benchmarks/arithmetic.yaml's built-in entry sets both), so it would change nothing."""
+    given = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    for key in PER_BENCHMARK_KEYS:
+        own = [getattr(spec, key) for spec in cfg.benchmarks]
+        if key in given and all(value is not None for value in own):
+            entries = ", ".join(f"benchmarks.{i}.{key}={value}" for i, value in enumerate(own))
+            raise ValueError(
+                f"{key}={getattr(cfg, key)} has no effect: every benchmark sets its own ({entries}); "
+                f"override benchmarks.N.{key} instead"
+            )
+
+
+def describe(protocol) -> str:
+    """The effective settings of one benchmark, as printed at the start."""
+    budget = f"budget {protocol.total_budget}/problem" if protocol.max_rounds > 1 else "one round"
+    return (
+        f"k={protocol.samples_per_problem}, max_new_tokens={protocol.max_new_tokens}, "
+        f"temperature={protocol.temperature}, top_p={protocol.top_p}, greedy={protocol.greedy}, "
+        f"max_rounds={protocol.max_rounds}, target_ci_width={protocol.target_ci_width}, {budget}"
+    )
 
 
 def start_run_file(results: Path, cfg: EvalAppConfig, config: dict) -> None:

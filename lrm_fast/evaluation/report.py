@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from lrm_fast.evaluation.adaptive import round_counts, state_of
 
@@ -79,7 +79,7 @@ def write_plots(run: dict, out_dir: str | Path) -> list[Path]:
     if not entries:
         return []
     paths = [out_dir / name for name in PLOT_NAMES]
-    for draw, path in zip((_score_vs_rounds, _accuracy_histograms, _pass_at_k), paths, strict=True):
+    for draw, path in zip((_score_vs_rounds, _accuracy_histograms, pass_at_k_figure), paths, strict=True):
         figure = draw(entries)
         figure.savefig(path, dpi=120, bbox_inches="tight")
     return paths
@@ -116,16 +116,33 @@ def _accuracy_histograms(entries: dict[str, dict]) -> Figure:
     return figure
 
 
-def _pass_at_k(entries: dict[str, dict]) -> Figure:
+def pass_at_k_figure(entries: dict[str, dict]) -> Figure:
+    """pass@k and maj@k of every benchmark against k on a log2 axis; bars when k is 1 (a lone point)."""
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
-    for name, entry in entries.items():
-        summary = entry["summary"]
-        ks = np.arange(1, len(summary["pass_at_k"]) + 1)
-        (line,) = axes.plot(ks, summary["pass_at_k"], marker=".", label=f"{name} pass@k")
-        axes.plot(ks, summary["maj_at_k"], linestyle="--", color=line.get_color(), label=f"{name} maj@k")
-    axes.set_xscale("log", base=2)
-    axes.xaxis.set_major_formatter(ScalarFormatter())  # 1, 2, 4 rather than 2^0, 2^1, 2^2
+    k_max = max(len(entry["summary"]["pass_at_k"]) for entry in entries.values())
+    for i, (name, entry) in enumerate(entries.items()):
+        pass_k, maj_k = entry["summary"]["pass_at_k"], entry["summary"]["maj_at_k"]
+        if k_max == 1:  # one sample per problem: bars, where a curve would be a lone dot
+            bar = axes.bar([2 * i], pass_k, label=f"{name} pass@1 = maj@1")
+            axes.bar_label(bar, fmt="%.3f")
+            continue
+        ks = np.arange(1, len(pass_k) + 1)
+        (line,) = axes.plot(ks, pass_k, marker=".", label=f"{name} pass@k")
+        axes.plot(ks, maj_k, linestyle="--", color=line.get_color(), label=f"{name} maj@k")
+    if k_max == 1:
+        axes.set_xticks([2 * i for i in range(len(entries))], list(entries))
+    else:
+        k_axis(axes, k_max)
     axes.set(xlabel="k (round 0 samples)", ylabel="score", title="pass@k (unbiased) and maj@k")
     axes.legend()
     return figure
+
+
+def k_axis(axes, k_max: int) -> None:
+    """A log2 axis of sample counts 1..k_max ticked at whole powers of two only (no 1.41 or 2^0.5)."""
+    axes.set_xscale("log", base=2)
+    powers = [2**i for i in range(int(np.log2(k_max)) + 1)]
+    axes.xaxis.set_major_locator(FixedLocator(powers))
+    axes.xaxis.set_major_formatter(FixedFormatter([str(k) for k in powers]))
+    axes.xaxis.set_minor_locator(NullLocator())

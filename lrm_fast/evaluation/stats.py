@@ -90,18 +90,24 @@ def _majority_correct(votes: Sequence[Vote]) -> list[bool]:
 
 
 def maj_at_k_curve(samples: Sequence[Sequence[Vote]]) -> np.ndarray:
-    """maj@k for k = 1..min_i n_i: the fraction of problems whose most frequent answer key among their
-    first k samples is correct.
+    """maj@k for k = 1..min_i n_i: the fraction of problems whose most frequent answer key among k of their
+    samples is correct, averaged for every problem over its n_i cyclic windows of k consecutive samples.
 
-    Ties go to the key seen first; None (no extracted answer) never wins, and a prefix with only None
-    answers counts as wrong. A key's correctness is taken from its first occurrence (the grader gives one
-    key one verdict).
+    With independent samples every window is distributed as the first k samples, so the average is
+    unbiased and less noisy than the first k alone, and every sample counts equally: maj@1 is exactly
+    pass@1 (the mean correctness). Ties go to the key seen first in the window; None (no extracted answer)
+    never wins, and a window with only None answers counts as wrong. A key's correctness is taken from
+    its first occurrence (the grader gives one key one verdict).
     """
     if not samples or any(len(votes) == 0 for votes in samples):
         raise ValueError("maj@k needs at least one problem and one sample per problem")
     k_max = min(len(votes) for votes in samples)
-    wins = np.array([_majority_correct(votes)[:k_max] for votes in samples], dtype=float)
-    return wins.mean(axis=0)
+    wins = np.zeros(k_max)
+    for votes in samples:
+        votes = list(votes)
+        windows = [_majority_correct(votes[r:] + votes[:r])[:k_max] for r in range(len(votes))]
+        wins += np.mean(windows, axis=0)
+    return wins / len(samples)
 
 
 def maj_at_k(samples: Sequence[Sequence[Vote]], k: int) -> float:

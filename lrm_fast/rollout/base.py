@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import torch
 
 
+class NonFiniteError(FloatingPointError):
+    """The policy produced NaN or infinite logits while sampling (a diverged update)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How responses are sampled (group size is an argument of ``generate``)."""

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from transformers import DynamicCache
 
-from lrm_fast.rollout.base import Rollout, SamplingParams
+from lrm_fast.rollout.base import NonFiniteError, Rollout, SamplingParams
 
 
 class HFRolloutBackend:
@@ -128,7 +128,8 @@ class HFRolloutBackend:
         ]
 
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
-        """Logits [rows, V] of the last position, in float32."""
+        """Logits [rows, V] of the last position, in float32; NonFiniteError if any is NaN or infinite
+        (a diverged policy: the caller rolls back, lrm_fast/training/guard.py)."""
         output = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -137,7 +138,10 @@ class HFRolloutBackend:
             use_cache=True,
             logits_to_keep=1,
         )
-        return output.logits[:, -1].float()
+        logits = output.logits[:, -1].float()
+        if not torch.isfinite(logits).all():
+            raise NonFiniteError("non-finite logits while sampling")
+        return logits
 
 
 def _argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

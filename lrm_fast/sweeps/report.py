@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import MaxNLocator
 
+from lrm_fast.evaluation.report import k_axis
 from lrm_fast.training.metrics import read_metrics
 
 # Keys that never split configurations: the seed is what is averaged over; the rest is bookkeeping.
@@ -396,6 +397,7 @@ def _training_curves(configurations: list[Configuration], window: int) -> Figure
             (line,) = axes.plot(steps, mean, label=configuration.label)
             axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
         axes.set(title=title, xlabel="step", ylabel=key)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.axes[0].legend(fontsize="small")
     figure.suptitle(f"Training curves: moving average over {window} steps, band = min-max over seeds")
     return figure
@@ -409,10 +411,13 @@ def _pass_at_k(report: dict) -> Figure:
         if not curve["mean"]:
             continue
         ks = np.arange(1, len(curve["mean"]) + 1)
-        (line,) = axes.plot(ks, curve["mean"], marker=".", label=c["label"])
+        (line,) = axes.plot(ks, curve["mean"], marker="o", label=c["label"])
         axes.fill_between(ks, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
-    axes.set_xscale("log", base=2)
-    axes.xaxis.set_major_formatter(FuncFormatter(lambda k, _: f"{k:g}"))  # 1, 2, 4 rather than 2^0, 2^1
+    k_max = max((len(c["pass_at_k"]["mean"]) for c in report["configurations"]), default=1)
+    if k_max > 1:
+        k_axis(axes, k_max)
+    else:  # one sample per problem: the points sit at k = 1 alone, so say so rather than draw an axis
+        axes.set_xticks([1], ["1"])
     axes.set(xlabel="k", ylabel="pass@k (held-out, final)", title="pass@k: mean, band = min-max over seeds")
     if axes.lines:
         axes.legend(fontsize="small")
@@ -431,6 +436,7 @@ def _lengths(configurations: list[Configuration], window: int) -> Figure:
             color = line.get_color()
             axes.fill_between(steps, low, high, color=color, alpha=0.15)
     axes.set(xlabel="step", ylabel="mean response length (tokens)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(f"Response length (moving average over {window} steps, band = min-max over seeds)")
     axes.legend(fontsize="small")
     return figure

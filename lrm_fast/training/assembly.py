@@ -1,17 +1,51 @@
 """Building the parts a run needs from its typed config: policy, tokenizer, rollout backend, optimizer."""
 
+from dataclasses import dataclass
+
 import torch
 
 from lrm_fast.config import ModelConfig, TrainConfig, TrainerConfig
-from lrm_fast.config.choices import ModelSource, RolloutEngine
+from lrm_fast.config.choices import DataSource, Injection, ModelSource, RolloutEngine
 from lrm_fast.data.examples import PromptExample
 from lrm_fast.data.prompts import encode_prompts, prompt_template
+from lrm_fast.data.sources import load_examples
 from lrm_fast.data.tokenizer import load_tokenizer
+from lrm_fast.levers.injection import load_solution_bank
 from lrm_fast.model.causal_lm import load_model
 from lrm_fast.model.cold_start import cached_cold_start
 from lrm_fast.model.optim import adamw
 from lrm_fast.rollout.hf import HFRolloutBackend
 from lrm_fast.runtime import DEFAULT_THREADS
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run's prompts, read and checked before any model is built (a bad file costs no model load)."""
+
+    train: list[PromptExample]
+    heldout: list[PromptExample]
+    solutions_by_id: dict[str, tuple[str, ...]] | None  # injection.bank_path's bank; None: the examples'
+
+
+def load_run_data(cfg: TrainConfig, world_size: int) -> RunData:
+    """The training and held-out prompts and the solution bank, with their sizes checked against the
+    batch: every error names the key and the file."""
+    train, heldout = load_examples(cfg.data, cfg.eval.problems)
+    batch = cfg.trainer.prompts_per_step
+    if batch % world_size:
+        raise ValueError(
+            f"trainer.prompts_per_step={batch} must be a multiple of the world size {world_size}"
+        )
+    if batch > len(train):
+        file = cfg.data.name == DataSource.file
+        source = (
+            f"data.train_path={cfg.data.train_path}" if file else "the built-in task (data.train_problems)"
+        )
+        raise ValueError(
+            f"trainer.prompts_per_step={batch} is more than the {len(train)} prompts of {source}"
+        )
+    bank_path = cfg.injection.bank_path if cfg.injection.name == Injection.osi else None
+    return RunData(train, heldout, load_solution_bank(bank_path) if bank_path else None)
 
 
 def cold_start_dir(cfg: TrainConfig) -> str:

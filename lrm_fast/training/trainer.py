@@ -26,24 +26,25 @@ from lrm_fast.batching import samples as B
 from lrm_fast.config import TrainConfig, protocol_of
 from lrm_fast.config.choices import Injection, MixedPrecision, Regime, RolloutEngine
 from lrm_fast.data.sampler import PromptSampler
-from lrm_fast.data.sources import load_examples
 from lrm_fast.evaluation.multi_round import evaluate as evaluate_benchmark
-from lrm_fast.levers.injection import SolutionBank, load_solution_bank
+from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.levers.regimes import RegimeSchedule, apply_regime
 from lrm_fast.levers.scoring import ScoredStep, score_rollouts
 from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
-from lrm_fast.rollout import SamplingParams
+from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.rollout.sharded import ShardedBackend
 from lrm_fast.runtime import DistInfo, all_reduce
-from lrm_fast.training.assembly import build_optimizer, build_policy, build_rollout, encode
+from lrm_fast.training.assembly import RunData, build_optimizer, build_policy, build_rollout, encode
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
+from lrm_fast.training.guard import Diverged, DivergenceGuard
 from lrm_fast.training.metrics import MetricsLogger
 from lrm_fast.training.update import MISMATCH_SUMS, policy_update
 
 
 class GRPOTrainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo, data: RunData):
         self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
+        self.train_examples, self.heldout_examples = data.train, data.heldout
         torch.manual_seed(cfg.seed + dist.rank)  # ranks sample different responses
         self.model, self.tokenizer = build_policy(cfg, dist.device)
         self.ref_model = deepcopy(self.model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
@@ -53,13 +54,14 @@ class GRPOTrainer:
             if self.ref_model is not None:  # sharded too: a full fp32 copy per rank would not fit at 7B
                 self.ref_model = apply_fsdp(self.ref_model, bf16=self.bf16)
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.trainer)
-        self.train_examples, self.heldout_examples = load_examples(cfg.data, cfg.eval.problems)
+        self.guard = DivergenceGuard(self.model, self.optimizer, self.scheduler, cfg.trainer.max_bad_steps)
         self.heldout_prompts = encode(self.heldout_examples, self.tokenizer, cfg)
         self.sampler = PromptSampler(self.train_examples, cfg.trainer.prompts_per_step, seed=cfg.seed)
         self.backend = build_rollout(cfg, self.model, self.tokenizer)
-        self.bank = self._solution_bank()
+        self.bank = self._solution_bank(data.solutions_by_id)
         self.regimes = RegimeSchedule(cfg.regime)
         self.step_count, self.state = 0, {"elapsed_s": 0.0}
+        self._start = time.perf_counter()
         self._resume()
         self.backend.sync_weights(self.model)  # a separate engine starts from the (resumed) policy
         self.logger = MetricsLogger(
@@ -68,7 +70,16 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------------------------ loop
     def train(self) -> dict:
+        try:
+            return self._train()
+        except Diverged:
+            self._checkpoint()  # the rolled-back state, resumable
+            self.logger.close()
+            raise
+
+    def _train(self) -> dict:
         start = time.perf_counter() - self.state["elapsed_s"]
+        self._start = start
         if "cold_start_heldout_accuracy" not in self.state:
             self.state["cold_start_heldout_accuracy"] = self.evaluate("cold start")
         while self.step_count < self.cfg.trainer.steps:
@@ -83,7 +94,6 @@ class GRPOTrainer:
                 self.step_count % self.cfg.trainer.checkpoint_every == 0
                 or self.step_count == self.cfg.trainer.steps
             ):
-                self.state["elapsed_s"] = time.perf_counter() - start
                 self._checkpoint()
         export_model(self.model, self.tokenizer, self.run_dir / "final_model")
         final = self.evaluate("final")
@@ -108,7 +118,20 @@ class GRPOTrainer:
         """Held-out avg@k with the multi-round evaluator; per-problem results go to RUN/eval/LABEL.json.
 
         Every evaluation starts afresh (a resumed run repeats one killed mid-evaluation) and uses the
-        same seed, so the cold-start and final numbers compare like with like."""
+        same seed, so the cold-start and final numbers compare like with like. Non-finite logits roll the
+        last update back (and rewrite this step's checkpoint) before the evaluation runs again."""
+        while True:
+            try:
+                return self._evaluate_once(label)
+            except NonFiniteError:
+                lr = self.scheduler.get_last_lr()[0]
+                quantity = f"sampled logits ({label} evaluation)"
+                self.logger.write(self.guard.bad_step(self.step_count, lr, quantity, roll_back=True))
+                self.backend.sync_weights(self.model)
+                if self.step_count:
+                    self._checkpoint()
+
+    def _evaluate_once(self, label: str) -> float:
         if not self.heldout_prompts:
             return float("nan")
         path = self.run_dir / "eval" / f"{label.replace(' ', '_')}.json"
@@ -139,6 +162,12 @@ class GRPOTrainer:
         examples = self.sampler.next_batch()[self.dist.rank :: self.dist.world_size]
         rollouts = self._rollouts(examples)
         timings["time/rollout_s"], tick = time.perf_counter() - tick, time.perf_counter()
+        if rollouts is None:  # the last update made the policy's logits overflow: undo it
+            lr = self.scheduler.get_last_lr()[0]
+            self.logger.write(self.guard.bad_step(self.step_count, lr, "sampled logits", roll_back=True))
+            self.backend.sync_weights(self.model)
+            return {"optim/skipped": 1.0, "optim/lr": lr, **timings}
+        self.guard.rollout_ok()
 
         scored = score_rollouts(
             examples,
@@ -155,7 +184,7 @@ class GRPOTrainer:
 
         regime = self.regimes.regime(self.step_count)
         apply_regime(samples, regime, cfg.regime)
-        update, lr = self._update(self._micro_batches(samples))
+        update, lr = self._guarded_update(samples)
         timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
         self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
         timings["time/weight_sync_s"] = time.perf_counter() - tick
@@ -167,13 +196,30 @@ class GRPOTrainer:
             "perf/tokens_per_s": sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9),
         }
 
+    def _guarded_update(self, samples):
+        """The policy update with the state before it kept for a rollback; a non-finite one is counted."""
+        self.guard.snapshot()
+        update, lr = self._update(self._micro_batches(samples))
+        if update.skipped:
+            rolled = update.nonfinite == "updated parameters"
+            self.logger.write(self.guard.bad_step(self.step_count, lr, update.nonfinite, roll_back=rolled))
+        elif update.grad_norm > 0:  # an update without gradient (all groups zero-variance) proves nothing
+            self.guard.applied()
+        return update, lr
+
     def _rollouts(self, examples):
-        """G sampled responses to each of this rank's prompts."""
+        """G sampled responses to each of this rank's prompts; None when any rank met non-finite logits
+        (every rank then skips the step together)."""
         prompts = encode(examples, self.tokenizer, self.cfg)
         rollout = self.cfg.rollout
         params = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p)
-        with self._generating():
-            return self.backend.generate(prompts, group_size=rollout.group_size, params=params)
+        try:
+            with self._generating():
+                rollouts = self.backend.generate(prompts, group_size=rollout.group_size, params=params)
+        except NonFiniteError:
+            rollouts = None
+        failed = torch.tensor([rollouts is None], dtype=torch.int32)
+        return None if all_reduce(failed, op=torch.distributed.ReduceOp.MAX).item() else rollouts
 
     def _micro_batches(self, samples) -> list:
         """Token weights from the global normalisers, then micro-batches under the token budget.
@@ -260,15 +306,14 @@ class GRPOTrainer:
         enabled = self.bf16 and self.dist.world_size == 1 and self.dist.device.type == "cuda"
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _solution_bank(self) -> SolutionBank | None:
+    def _solution_bank(self, solutions_by_id) -> SolutionBank | None:
         if self.cfg.injection.name != Injection.osi:
             return None
-        path = self.cfg.injection.bank_path
-        by_id = load_solution_bank(path) if path else None
-        return SolutionBank(self.tokenizer, self.cfg.rollout.max_new_tokens, by_id)
+        return SolutionBank(self.tokenizer, self.cfg.rollout.max_new_tokens, solutions_by_id)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
+        self.state["elapsed_s"] = time.perf_counter() - self._start
         trainer_state = {
             "sampler": self.sampler.state_dict(),
             "scheduler": self.scheduler.state_dict(),

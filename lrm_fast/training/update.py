@@ -28,8 +28,12 @@ SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "e
 class UpdateResult:
     loss: float
     grad_norm: float
-    skipped: bool
+    nonfinite: str | None  # the first non-finite quantity ("loss", ...); None: the step was taken
     stats: dict[str, float]
+
+    @property
+    def skipped(self) -> bool:
+        return self.nonfinite is not None
 
 
 def attention_for(model, batch: MicroBatch, attention: PackedAttention):
@@ -213,10 +217,12 @@ def policy_update(
     shaping_gamma: float | None = None,
     tis_cap: float | None = None,
 ):
-    """Accumulate gradients over `batches` and take one optimizer step (skipped if not finite).
+    """Accumulate gradients over `batches` and take one optimizer step.
 
     Returns the summed loss and token-weighted stats over every micro-batch of every rank (and the
-    sampler mismatch, when the batches carry the sampler's log-probs).
+    sampler mismatch, when the batches carry the sampler's log-probs). A non-finite loss or gradient
+    norm skips the step; non-finite parameters after it are reported (`nonfinite`) for the caller to
+    roll the step back (lrm_fast/training/guard.py).
     """
     optimizer.zero_grad(set_to_none=True)
     device = _device_of(model)
@@ -238,20 +244,29 @@ def policy_update(
         mismatch += stats["mismatch"]
     all_reduce(totals)
     all_reduce(mismatch)
-    grad_norm, skipped = _clipped_step(model, optimizer, grad_clip)
-    return UpdateResult(totals[-1].item(), grad_norm, skipped, _mean_stats(totals, mismatch))
+    loss = totals[-1].item()
+    grad_norm, nonfinite = _clipped_step(model, optimizer, grad_clip, loss_finite=math.isfinite(loss))
+    return UpdateResult(loss, grad_norm, nonfinite, _mean_stats(totals, mismatch))
 
 
-def _clipped_step(model, optimizer, grad_clip: float) -> tuple[float, bool]:
-    """Clip the gradient norm and step; a non-finite norm skips the step (and drops the gradients)."""
+def _clipped_step(model, optimizer, grad_clip: float, loss_finite: bool) -> tuple[float, str | None]:
+    """Clip the gradient norm and step. A non-finite loss or norm skips the step (and drops the
+    gradients); returns the norm and the first non-finite quantity, parameters after the step included."""
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    skipped = not math.isfinite(grad_norm)
-    if skipped:
+    nonfinite = "loss" if not loss_finite else None if math.isfinite(grad_norm) else "gradient norm"
+    if nonfinite is not None:
         optimizer.zero_grad(set_to_none=True)
-    else:
-        optimizer.step()
-    return grad_norm, skipped
+        return grad_norm, nonfinite
+    optimizer.step()
+    return grad_norm, None if parameters_finite(model) else "updated parameters"
+
+
+def parameters_finite(model) -> bool:
+    """Whether every parameter of `model` is finite, on every rank (each checks its own shards)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local]).all().cpu().reshape(1).int()
+    return bool(all_reduce(finite, op=torch.distributed.ReduceOp.MIN).item())
 
 
 def _mean_stats(totals: torch.Tensor, mismatch: torch.Tensor) -> dict[str, float]:

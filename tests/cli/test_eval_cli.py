@@ -82,7 +82,7 @@ MALFORMED = {
     "invalid_json": ('{"problem": "a", "answer": "1"}\n{"problem": "b",\n', r"line 2: invalid JSON"),
     "missing_answer": (
         '{"problem": "a", "answer": "1"}\n\n{"problem": "b"}\n',
-        r"line 3: missing column 'answer'",
+        r"line 3: no value in column 'answer'",
     ),
     "letter_out_of_range": (
         '{"problem": "a", "options": ["x", "y"], "answer": "C"}\n',
@@ -338,8 +338,16 @@ def test_greedy_matches_transformers_generate(tiny_model_dir, tokenizer, one_thr
 
 
 @pytest.fixture(scope="module")
-def env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+def env(tmp_path_factory):
+    # Benchmark files are read through `datasets`: its cache in a temporary folder, never the network.
+    cache = tmp_path_factory.mktemp("hf_datasets_cache")
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HYDRA_FULL_ERROR": "1",
+        "HF_DATASETS_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 QUICK = ["benchmarks.0.problems=16", "benchmarks.0.samples_per_problem=2", "benchmarks.0.max_new_tokens=12"]
@@ -362,15 +370,28 @@ def test_eval_cli_end_to_end_writes_json_table_and_plots(tiny_model_dir, env, tm
     bench = write_jsonl(
         tmp_path / "mini.jsonl", [{"problem": "1+1", "answer": 2}, {"problem": "3*3", "answer": 9}]
     )
-    benchmarks = (
-        "benchmarks=[{name: arithmetic, path: 'builtin:arithmetic', problems: 16, samples_per_problem: 2,"
-        f" max_new_tokens: 12}}, {{name: mini, path: '{bench}', template: '{{problem}}', max_new_tokens: 8}}]"
+    # A suite of one's own: a benchmarks/ option in a config folder added to Hydra's search path.
+    suite = tmp_path / "conf" / "benchmarks" / "mini.yaml"
+    suite.parent.mkdir(parents=True)
+    suite.write_text(
+        "# @package _global_\nbenchmarks:\n"
+        "  - {name: arithmetic, path: 'builtin:arithmetic', problems: 16, samples_per_problem: 2,"
+        " max_new_tokens: 12}\n"
+        f"  - {{name: mini, path: '{bench}', template: '{{problem}}', max_new_tokens: 8}}\n"
     )
     command = _eval_command(
-        tiny_model_dir, tmp_path / "out", benchmarks, "samples_per_problem=3", "max_rounds=2"
+        tiny_model_dir,
+        tmp_path / "out",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "benchmarks=mini",
+        "samples_per_problem=3",
+        "max_rounds=2",
     )
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Each benchmark's effective settings first: its own k and length where it sets them, else the global.
+    assert "[arithmetic] 16 problems, k=2, max_new_tokens=12," in result.stdout
+    assert "[mini] 2 problems, k=3, max_new_tokens=8," in result.stdout
     run = json.loads((tmp_path / "out" / "results.json").read_text())
     assert run["model"] == str(tiny_model_dir)
     table = result.stdout[result.stdout.index("benchmark  ") :]
@@ -390,11 +411,27 @@ def test_eval_cli_bad_benchmark_file_fails_before_loading_the_model(env, tmp_pat
     bench = tmp_path / "aime.jsonl"
     bench.write_text('{"problem": "a", "answer": "1"}\n{"problem": "b"}\n', encoding="utf-8")
     command = _eval_command(
-        tmp_path / "no_model", tmp_path / "out", f"benchmarks=[{{name: aime, path: '{bench}'}}]"
+        tmp_path / "no_model",
+        tmp_path / "out",
+        "benchmarks=file",
+        "benchmarks.0.name=aime",
+        f"benchmarks.0.path={bench}",
     )
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert f"{bench}, line 2: missing column 'answer'" in result.stderr
+    assert f"{bench}, line 2: no value in column 'answer'" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["samples_per_problem", "max_new_tokens"])
+def test_eval_cli_refuses_a_global_override_every_benchmark_shadows(env, tmp_path, key):
+    """The built-in benchmark entry sets its own k and length: a global override would change nothing."""
+    command = _eval_command(tmp_path / "no_model", tmp_path / "out", f"{key}=8")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"lrm-fast-eval: error: {key}=8 has no effect: every benchmark sets its own")
+    assert f"benchmarks.0.{key}=" in line and f"override benchmarks.N.{key} instead" in line
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

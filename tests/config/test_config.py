@@ -9,13 +9,14 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lrm_fast.cli.configs import register_configs
-from lrm_fast.config import TrainConfig, validate
+from lrm_fast.config import TrainConfig, check_inputs, validate
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUP_OPTIONS = sorted(
     (group.name, option.stem)
     for group in CONF.iterdir()
-    if group.is_dir() and group.name != "experiment"
+    # experiment/ is composed below; benchmarks/ is lrm-fast-eval's (tests/config/test_study_data.py)
+    if group.is_dir() and group.name not in ("experiment", "benchmarks")
     for option in group.glob("*.yaml")
 )
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
@@ -35,6 +36,31 @@ def test_every_config_file_composes(group, option):
     assert isinstance(cfg, TrainConfig)
     if (group, option) != ("data", "file"):  # its file does not exist here
         validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"trainer": {"resume": "/nonexistent/run"}},
+            "trainer.resume: no such run directory: /nonexistent/run",
+        ),
+        ({"injection": {"name": "osi", "bank_path": "nowhere.jsonl"}}, "injection.bank_path: no such file"),
+        (
+            {"model": {"name": "pretrained", "path": "/nonexistent/model"}},
+            "model.path: no such model directory",
+        ),
+    ],
+    ids=["resume_dir", "bank", "model"],
+)
+def test_check_inputs_names_what_is_missing(change, message):
+    """Files and directories are checked apart from the values (check_inputs), still before any work."""
+    cfg = _compose([])
+    check_inputs(cfg)  # the defaults read nothing that could be missing
+    for section, values in change.items():
+        setattr(cfg, section, replace(getattr(cfg, section), **values))
+    with pytest.raises(FileNotFoundError, match=message):
+        check_inputs(cfg)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -91,7 +117,6 @@ def test_default_config_is_the_embedded_task():
         ({"rollout": {"group_size": 0}}, "rollout.group_size must be >= 2"),
         ({"rollout": {"group_size": 1}}, r"rollout.group_size must be >= 2 \(group-relative"),
         ({"rollout": {"top_p": 1.5}}, r"rollout.top_p must be in \(0, 1\]"),
-        ({"trainer": {"resume": "/nonexistent/run"}}, "trainer.resume: no such run directory"),
         ({"loss": {"clip_low": 1.0}}, r"loss.clip_low must be in \[0, 1\), got 1.0"),
         ({"loss": {"dual_clip": 0.5}}, "loss.dual_clip must be > 1"),
         ({"loss": {"kl_coef": -0.001}}, "loss.kl_coef must be >= 0, got -0.001"),
@@ -110,7 +135,6 @@ def test_default_config_is_the_embedded_task():
         "group_size_0",
         "group_size_1",
         "top_p",
-        "resume_dir",
         "clip_low",
         "dual_clip",
         "kl_coef",

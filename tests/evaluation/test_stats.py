@@ -134,28 +134,33 @@ def test_pass_at_k_curve_with_different_sample_counts():
 
 
 def test_maj_at_k_hand_cases_with_ties_and_missing_answers():
-    # k=1: "4"; k=2: 4-5 tie, "4" seen first; k=3: "5" leads 2-1; k=4: 2-2 tie, "4" first; k=5: "4" leads.
+    # Five samples 4 5 5 4 4 ("4" correct), read as five cyclic windows: 45544 55444 54445 44455 44554.
+    # k=1: first answers 4 5 5 4 4, 3/5 right (= pass@1). k=2: 45 (tie, 4 first) 55 54 (tie, 5 first)
+    # 44 44 -> 3/5. k=3: 455 554 544 444 445 -> 3/5. k=4: 4554 (tie, 4) 5544 (tie, 5) 5444 4445 4455
+    # (tie, 4) -> 4/5. k=5: 4 leads 3-2 in every window -> 1.
     ties = [("4", True), ("5", False), ("5", False), ("4", True), ("4", True)]
-    assert maj_at_k_curve([ties]).tolist() == [1, 1, 0, 1, 1]
-    # Only None so far counts as wrong; one real answer then beats any number of Nones.
+    assert maj_at_k_curve([ties]) == pytest.approx([0.6, 0.6, 0.6, 0.8, 1.0])
+    # Only None counts as wrong; one real answer then beats any number of Nones. Windows: NN7 N7N 7NN.
     missing = [(None, False), (None, False), ("7", True)]
-    assert maj_at_k_curve([missing]).tolist() == [0, 0, 1]
-    # None never wins: k=2 keeps "1"; k=3: 1-1 tie between "1" and "2", "1" first; k=4: "2" leads.
-    mixed = [("1", False), (None, False), ("2", True), ("2", True)]
-    assert maj_at_k_curve([mixed]).tolist() == [0, 0, 0, 1]
+    assert maj_at_k_curve([missing]) == pytest.approx([1 / 3, 2 / 3, 1.0])
     # Together: the curve stops at the smallest sample count (3) and averages over problems.
-    assert maj_at_k_curve([ties, missing, mixed]) == pytest.approx([1 / 3, 1 / 3, 1 / 3])
-    assert maj_at_k([ties, mixed], 4) == 1.0
+    assert maj_at_k_curve([ties, missing]) == pytest.approx([(0.6 + 1 / 3) / 2, (0.6 + 2 / 3) / 2, 0.8])
+    assert maj_at_k([ties], 4) == pytest.approx(0.8)
 
 
 def brute_force_majority(votes, k):
-    prefix = votes[:k]
-    counts = Counter(key for key, _ in prefix if key is not None)
-    if not counts:
-        return False
-    best = max(counts.values())
-    first_best = next(key for key, _ in prefix if key is not None and counts[key] == best)
-    return next(correct for key, correct in prefix if key == first_best)
+    """Majority correctness of the first k votes, averaged over every cyclic rotation."""
+    outcomes = []
+    for r in range(len(votes)):
+        prefix = (votes[r:] + votes[:r])[:k]
+        counts = Counter(key for key, _ in prefix if key is not None)
+        if not counts:
+            outcomes.append(False)
+            continue
+        best = max(counts.values())
+        first_best = next(key for key, _ in prefix if key is not None and counts[key] == best)
+        outcomes.append(next(correct for key, correct in prefix if key == first_best))
+    return np.mean(outcomes)
 
 
 def test_maj_at_k_matches_brute_force_on_random_votes():
@@ -169,6 +174,10 @@ def test_maj_at_k_matches_brute_force_on_random_votes():
     curve = maj_at_k_curve(problems)
     for k in range(1, len(curve) + 1):
         assert curve[k - 1] == pytest.approx(np.mean([brute_force_majority(v, k) for v in problems]))
+    # maj@1 is the mean correctness of all samples: pass@1 on the same samples.
+    n = [len(votes) for votes in problems]
+    c = [sum(correct for _, correct in votes) for votes in problems]
+    assert curve[0] == pytest.approx(pass_at_k_curve(n, c)[0], abs=1e-12)
 
 
 def test_maj_at_k_rejects_k_above_smallest_sample_count():
