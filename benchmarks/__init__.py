@@ -2,7 +2,8 @@
 
     pytest benchmarks --benchmark-disable          # every case once: what a test pass runs
     pytest benchmarks --benchmark-only -k cpu      # the CPU presets, timed, with the table at the end
-    bash benchmarks/gpu_check.sh [--dry-run]       # the one prepared call for a lent GPU
+    bash benchmarks/gpu_check.sh [--budget S]      # everything measured on a CUDA host, in S seconds
+    python -m benchmarks.aot_compile               # every kernel compiled for sm_80 / sm_90, no GPU needed
 
 See RESULTS.md for what was measured where.
 """

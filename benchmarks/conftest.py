@@ -1,5 +1,8 @@
 """Fixtures and the end-of-run table shared by the kernel benchmarks."""
 
+import json
+import os
+
 import pytest
 
 from . import report
@@ -8,10 +11,21 @@ from .cases import release_memory
 _ROWS = pytest.StashKey[list]()
 
 
+# Where each case's row is appended as one JSON line as soon as the case ends, so that a run stopped
+# by a time limit (gpu_check.sh) keeps every case it finished.
+ROWS_FILE = "LRM_FAST_BENCH_ROWS"
+
+
 @pytest.fixture
-def results(request) -> list:
+def results(request):
     """Rows of the compact table printed after a timed run (one per benchmark)."""
-    return request.config.stash.setdefault(_ROWS, [])
+    rows = request.config.stash.setdefault(_ROWS, [])
+    first = len(rows)
+    yield rows
+    path = os.environ.get(ROWS_FILE)
+    if path and len(rows) > first:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows[first:])
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fetch the pure-Python packages that the GPU machine lacks (it has no network) into benchmarks/wheels/
-# (git-ignored). benchmarks/gpu_check.sh installs them when that folder exists; name it in the device
-# call's carry. Run here, where PyPI is reachable:
+# Fetch, as pure-Python wheels, the packages that benchmarks/gpu_check.sh needs beyond a GPU host's own
+# (hydra-core, omegaconf, math-verify and their pure-Python dependencies, liger-kernel), into
+# benchmarks/wheels/ (git-ignored). gpu_check.sh installs them from that folder, without a network, into
+# a scratch folder on PYTHONPATH; copy the folder to the host with the checkout. Run where PyPI is
+# reachable:
 #
-#   PYTHON=/work/venv/bin/python bash benchmarks/fetch_wheels.sh
+#   bash benchmarks/fetch_wheels.sh            # PYTHON=... picks the interpreter whose pip is used
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -22,7 +24,7 @@ PACKAGES=(
 
 rm -rf wheels
 "$PY" -m pip wheel -q --no-deps --wheel-dir wheels "${PACKAGES[@]}"
-# The GPU machine runs another Python (3.12) on x86-64: only "none-any" wheels install there.
+# The host may run another Python version: only "none-any" wheels are sure to install there.
 for wheel in wheels/*.whl; do
   if [[ $wheel != *-none-any.whl ]]; then
     echo "not a pure-Python wheel, cannot travel: $wheel" >&2

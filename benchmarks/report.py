@@ -1,6 +1,7 @@
-"""The compact table of the kernel benchmarks, from pytest-benchmark's --benchmark-json files.
+"""The compact table of the kernel benchmarks, from pytest-benchmark's --benchmark-json files or the
+rows that benchmarks/conftest.py appends case by case to $LRM_FAST_BENCH_ROWS (*.jsonl).
 
-    python -m benchmarks.report bench.json [more.json ...] [--copy copy.json] [--versus naive]
+    python -m benchmarks.report bench.json [more.json rows.jsonl ...] [--copy copy.json] [--versus naive]
 
 One line per case: op, shape, provider, mode, median ms, GB/s over the floor bytes, that as a percentage of
 the measured copy bandwidth (--copy, written by benchmarks/copy_bandwidth.py), peak memory in GiB.
@@ -31,7 +32,10 @@ def row(info: dict, median_s: float | None) -> dict:
 
 
 def rows_from_json(path: str) -> list[dict]:
+    """Table rows from a --benchmark-json file, or from a .jsonl file of rows (one per line)."""
     with open(path) as f:
+        if path.endswith(".jsonl"):
+            return [json.loads(line) for line in f if line.strip()]
         data = json.load(f)
     return [row(b["extra_info"], b["stats"]["median"]) for b in data["benchmarks"] if "op" in b["extra_info"]]
 
@@ -87,7 +91,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
-    parser.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json files")
+    parser.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json files, or .jsonl rows")
     parser.add_argument("--copy", help="JSON from benchmarks/copy_bandwidth.py")
     parser.add_argument("--versus", metavar="PROVIDER", help="also print ratios to this provider")
     args = parser.parse_args(argv)
