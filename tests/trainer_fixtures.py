@@ -55,7 +55,9 @@ def prepared_batches(samples, group_size, aggregation, token_budget, world_size=
     B.assign_weights(samples, aggregation, normalisers, sum_norm_length=10)
     groups = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
     mine = [s for g in groups[rank::world_size] for s in g]
-    return [M.collate(mb, False) for mb in M.micro_batches(mine, token_budget, False)]
+    cut = M.micro_batches(mine, token_budget, False)
+    B.weight_micro_batches(cut, aggregation, sum_norm_length=10)
+    return [M.collate(mb, False) for mb in cut]
 
 
 def flat_grad(model) -> torch.Tensor:

@@ -21,6 +21,16 @@ import torch
 from lrm_fast.batching.samples import Sample
 
 
+def mini_batches(samples: list[Sample], group_size: int, count: int) -> list[list[Sample]]:
+    """The step's responses cut into `count` contiguous mini-batches of whole groups (as equal in groups
+    as their number allows), one optimizer step each: verl's batch.split(ppo_mini_batch_size)
+    (dp_actor.py:255), without its balance_batch reordering, which scatters a group's responses over ranks
+    and mini-batches. A rank with fewer groups than `count` gets empty mini-batches."""
+    groups = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
+    bounds = [k * len(groups) // count for k in range(count + 1)]
+    return [[s for group in groups[bounds[k] : bounds[k + 1]] for s in group] for k in range(count)]
+
+
 def micro_batches(samples: list[Sample], token_budget: int, packed: bool) -> list[list[Sample]]:
     """Greedy, in order: the forwarded samples into micro-batches of at most `token_budget` tokens
     (rows x longest sequence when padded, the sum of lengths when packed); a longer sample goes alone."""
@@ -54,6 +64,9 @@ class MicroBatch:
     cu_seqlens: torch.Tensor | None = None  # packed: [S + 1] int32, start of each sequence, then T
     max_seqlen: int = 0  # packed: longest sequence
     sampler_logprobs: torch.Tensor | None = None  # [N] fp32, NaN where unknown; None: not compared
+    # [N] fp32 log-probs of the policy before the rollout batch's first optimizer step (pi_old), recorded
+    # when there are several steps; None: one step, on-policy (the ratio's denominator is logp itself).
+    old_logprobs: torch.Tensor | None = None
 
     @property
     def packed(self) -> bool:

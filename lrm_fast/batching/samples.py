@@ -2,16 +2,32 @@
 
 A step's responses arrive grouped (G consecutive responses per prompt). Advantages always come from the
 full group. Each response then gets one aggregation weight, shared by its tokens, whose normaliser is
-global: computed over the whole batch on every rank before the micro-batch loop, so that the sum of the
-micro-batch losses over all ranks equals the loss of the whole batch at once.
+global: computed over the whole mini-batch (the whole batch with one optimizer step per rollout batch) on
+every rank before the micro-batch loop, so that the sum of the micro-batch losses over all ranks equals
+the loss of the whole mini-batch at once.
 
     token_mean               w_i = 1 / (sum_j L_j)           every token counts the same (DAPO)
     seq_mean_token_mean      w_i = 1 / (L_i * S)             every sequence counts the same (GRPO)
     seq_mean_token_sum_norm  w_i = 1 / (C * S)               sum of tokens over a constant (Dr. GRPO)
+    token_sum                w_i = 1 / C                     sum of tokens over a constant (the study's
+                                                             loss_remove_token_mean)
 
-L_i is response i's length, S the number of responses and C a constant length, all over the full batch
-(responses that are not forwarded still count: dropping them changes no other response's weight). The
-sample regime then multiplies w_i by its factor (lrm_fast/levers/regimes.py).
+L_i is response i's length, S the number of responses and C a constant length, all over the full
+mini-batch (responses that are not forwarded still count: dropping them changes no other response's
+weight). The sample regime then multiplies w_i by its factor (lrm_fast/levers/regimes.py).
+
+The study's verl weights each micro-batch m (s_m sequences, T_m response tokens) by its share of the
+mini-batch's S sequences (use_dynamic_bsz, dp_actor.py:351-353), on top of core_algos.py's per micro-batch
+token mean (masked_mean) or token sum over C (loss_remove_token_mean, core_algos.py:313-314 and 392-393;
+C is the padded response length, eos_mask.shape[-1] = the max response length):
+
+    micro_batch_token_mean   w_i = s_m / (S * T_m)           i in micro-batch m (the study's scripts)
+    micro_batch_token_sum    w_i = s_m / (S * C)             (Luffy_loss.sh: both settings together)
+
+These two depend on how the mini-batch is cut into micro-batches: equal to token_mean and token_sum with
+one micro-batch per mini-batch, they differ by a few percent in gradient on uneven cuts, so they are the
+only aggregations exempt from the micro-batch invariance test. `assign_weights` sets their 1 / S;
+`weight_micro_batches` multiplies in s_m / T_m or s_m / C once the micro-batches are cut.
 """
 
 from dataclasses import dataclass
@@ -56,6 +72,10 @@ def assign_advantages(
         sample.advantage, sample.zero_variance = advantage, zero_variance
 
 
+# The aggregations whose weights depend on the cut into micro-batches (see the module docstring).
+MICRO_BATCH_WEIGHTED = frozenset({Aggregation.micro_batch_token_mean, Aggregation.micro_batch_token_sum})
+
+
 @dataclass
 class Normalisers:
     """Batch-wide counts the weights divide by; summed over ranks before use."""
@@ -64,8 +84,16 @@ class Normalisers:
     num_response_tokens: float
 
     def all_reduce(self) -> "Normalisers":
-        counts = torch.tensor([self.num_responses, self.num_response_tokens], dtype=torch.float64)
-        return Normalisers(*all_reduce(counts).tolist())
+        return all_reduced([self])[0]
+
+
+def all_reduced(normalisers: list[Normalisers]) -> list[Normalisers]:
+    """Each mini-batch's counts summed over ranks (mini-batch k of every rank together form the global
+    mini-batch k), in one collective."""
+    counts = torch.tensor(
+        [[n.num_responses, n.num_response_tokens] for n in normalisers], dtype=torch.float64
+    ).reshape(-1, 2)
+    return [Normalisers(*row) for row in all_reduce(counts).tolist()]
 
 
 def local_normalisers(samples: list[Sample]) -> Normalisers:
@@ -75,7 +103,8 @@ def local_normalisers(samples: list[Sample]) -> Normalisers:
 def assign_weights(
     samples: list[Sample], aggregation: Aggregation, normalisers: Normalisers, sum_norm_length: int
 ) -> None:
-    """Per-token aggregation weight of every response (see the module docstring)."""
+    """Per-token aggregation weight of every response (see the module docstring); for the micro-batch
+    weighted aggregations, the 1 / S part only."""
     aggregation = Aggregation(aggregation)  # a ValueError names the valid ones
     for s in samples:
         length = max(len(s.response_ids), 1)
@@ -83,6 +112,25 @@ def assign_weights(
             s.weight = 1.0 / max(normalisers.num_response_tokens, 1.0)
         elif aggregation == Aggregation.seq_mean_token_mean:
             s.weight = 1.0 / (length * normalisers.num_responses)
-        else:
+        elif aggregation == Aggregation.seq_mean_token_sum_norm:
             s.weight = 1.0 / (sum_norm_length * normalisers.num_responses)
+        elif aggregation == Aggregation.token_sum:
+            s.weight = 1.0 / sum_norm_length
+        else:
+            s.weight = 1.0 / max(normalisers.num_responses, 1.0)
         s.weight *= s.regime_weight
+
+
+def weight_micro_batches(
+    micro_batches: list[list[Sample]], aggregation: Aggregation, sum_norm_length: int
+) -> None:
+    """verl's factor s_m / T_m (or s_m / C) on the weights of micro-batch m's responses, after
+    `assign_weights`; nothing for the other aggregations. Call once per cut."""
+    aggregation = Aggregation(aggregation)
+    if aggregation not in MICRO_BATCH_WEIGHTED:
+        return
+    for group in micro_batches:
+        tokens = sum(len(s.response_ids) for s in group)
+        per_token = tokens if aggregation == Aggregation.micro_batch_token_mean else sum_norm_length
+        for s in group:
+            s.weight *= len(group) / per_token

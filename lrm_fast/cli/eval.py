@@ -3,13 +3,18 @@
 Parse, load the benchmarks (a bad file fails before the model is loaded), load the model, evaluate each
 benchmark round by round into OUTPUT_DIR/results.json (rewritten after every round), print the summary
 table, draw the plots. Rerunning with the same output_dir (or hydra.run.dir) resumes a killed evaluation:
-finished rounds are kept, the next one starts.
+finished rounds are kept, the next one starts. With a perturbation (`perturbation.*`, robustness) every
+benchmark NAME is evaluated clean, then as NAME+attack with a misleading block before every prompt, each
+its own entry of results.json, and a second table prints the paired drop.
 
     lrm-fast-eval model.path=outputs/DATE/TIME/final_model
     lrm-fast-eval model.path=/models/r1-distill-1.5b model.dtype=bfloat16 benchmarks=study
     lrm-fast-eval model.path=... benchmarks=file benchmarks.0.name=aime24 benchmarks.0.path=/data/aime24.jsonl
+    lrm-fast-eval model.path=outputs/DATE/TIME/final_model perturbation.name=arithmetic_add_one
+    lrm-fast-eval model.path=... benchmarks=study perturbation.name=add_one   (study's p1)
 """
 
+import sys
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -36,17 +41,20 @@ def main(dict_cfg: DictConfig) -> dict:
         check_shadowed_overrides(cfg, HydraConfig.get().overrides.task)
         # Heavy imports (torch, transformers, math-verify) once the config is known to be valid.
         from lrm_fast.evaluation.benchmarks import load_benchmark
+        from lrm_fast.evaluation.perturbation import resolve_perturbation
 
+        perturbation = resolve_perturbation(cfg.perturbation)
         benchmarks = [load_benchmark(spec) for spec in cfg.benchmarks]  # a bad file fails before the model
         out_dir = Path(cfg.output_dir or hydra_dir).expanduser()
         holds.enter_context(directory_lock(out_dir, "lrm-fast-eval"))
     with holds:
-        return evaluate_all(cfg, benchmarks, out_dir, OmegaConf.to_container(dict_cfg, resolve=True))
+        config = OmegaConf.to_container(dict_cfg, resolve=True)
+        return evaluate_all(cfg, benchmarks, perturbation, out_dir, config)
 
 
-def evaluate_all(cfg: EvalAppConfig, benchmarks, out_dir: Path, config: dict) -> dict:
-    """Load the model, evaluate each benchmark into OUT_DIR/results.json, print the table, draw the plots."""
-    from lrm_fast.data.prompts import encode_prompts
+def evaluate_all(cfg: EvalAppConfig, benchmarks, perturbation, out_dir: Path, config: dict) -> dict:
+    """Load the model, evaluate each benchmark (clean, then perturbed when a perturbation is set) into
+    OUT_DIR/results.json, print the tables, draw the plots."""
     from lrm_fast.evaluation.multi_round import evaluate, load_run
     from lrm_fast.evaluation.report import format_table, write_plots
     from lrm_fast.runtime import configure_runtime
@@ -54,22 +62,81 @@ def evaluate_all(cfg: EvalAppConfig, benchmarks, out_dir: Path, config: dict) ->
     protocols = [benchmark_protocol(cfg, spec) for spec in cfg.benchmarks]
     for benchmark, protocol in zip(benchmarks, protocols, strict=True):
         print(f"[{benchmark.name}] {len(benchmark.examples)} problems, {describe(protocol)}")
+    if perturbation is not None:
+        print(f"perturbation: {perturbation.source} before every prompt, entries NAME+{perturbation.label}")
     results = out_dir / "results.json"
     configure_runtime(cfg.num_threads)
     backend, tokenizer = load_backend(cfg)
+    try:  # a block the model cannot read fails here, before anything is written
+        variants = prompt_variants(cfg, backend, tokenizer, benchmarks, protocols, perturbation)
+    except ValueError as error:
+        sys.exit(f"lrm-fast-eval: error: {error}")
     start_run_file(results, cfg, config)  # once the model loaded
     summaries = {}
-    for benchmark, protocol in zip(benchmarks, protocols, strict=True):
-        prompts = encode_prompts(benchmark.examples, tokenizer, benchmark.template)
-        examples, name = benchmark.examples, benchmark.name
+    for name, examples, prompts, protocol, record in variants:
         summaries[name] = evaluate(
-            backend, tokenizer, examples, prompts, protocol, results, name, print, seed=cfg.seed
+            backend,
+            tokenizer,
+            examples,
+            prompts,
+            protocol,
+            results,
+            name,
+            print,
+            seed=cfg.seed,
+            perturbation=record,
         )
     print(format_table(summaries))
+    if perturbation is not None:
+        print_robustness(results, cfg.confidence_level)
     for path in write_plots(load_run(results), out_dir):
         print(f"wrote {path}")
     print(f"wrote {results}")
     return summaries
+
+
+def prompt_variants(cfg, backend, tokenizer, benchmarks, protocols, perturbation) -> list[tuple]:
+    """(entry name, examples, prompts, protocol, perturbation record) of every evaluation, in order: each
+    benchmark clean, then with the perturbation's block when one is set. Both variants of a benchmark use
+    the same protocol and seed, so they differ in the prompts alone (and are paired by problem)."""
+    from lrm_fast.data.prompts import encode_prompts
+    from lrm_fast.evaluation.perturbation import check_encodable, check_fits
+
+    if perturbation is not None:
+        check_encodable(perturbation, tokenizer)
+    variants = []
+    for benchmark, protocol in zip(benchmarks, protocols, strict=True):
+        examples, template = benchmark.examples, benchmark.template
+        variants.append(
+            (benchmark.name, examples, encode_prompts(examples, tokenizer, template), protocol, None)
+        )
+        if perturbation is None:
+            continue
+        name = perturbation.name_of(benchmark.name)
+        prompts = encode_prompts(examples, tokenizer, perturbation.template(template))
+        check_fits(prompts, protocol.max_new_tokens, model_context(cfg, backend), name)
+        variants.append((name, examples, prompts, protocol, perturbation.record()))
+    return variants
+
+
+def print_robustness(results: Path, level: float) -> None:
+    """Print the clean/perturbed table and keep its numbers in results.json under "robustness"."""
+    from lrm_fast.evaluation.multi_round import load_run, save_run
+    from lrm_fast.evaluation.perturbation import robustness
+    from lrm_fast.evaluation.report import format_robustness
+
+    run = load_run(results)
+    run["robustness"] = robustness(run, level)
+    save_run(run, results)
+    if run["robustness"]:
+        print(format_robustness(run["robustness"]))
+
+
+def model_context(cfg: EvalAppConfig, backend) -> int | None:
+    """Positions the model can attend over: vLLM's max_model_len, or the HF model's position limit."""
+    if cfg.backend == RolloutEngine.vllm:
+        return cfg.max_model_len  # null: the engine refuses a too-long prompt itself
+    return getattr(backend.model.config, "max_position_embeddings", None)
 
 
 # Global keys a benchmark entry may set for itself (BenchmarkConfig), shadowing the global value.

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from lrm_fast.evaluation.variance import ProblemResults, paired_comparison, plan_samples
+from lrm_fast.evaluation.variance import ProblemResults, paired_comparison, plan_samples, problem_results
 
 # evaluation.multi_round.RUN_FORMAT, not imported from there: that module pulls in torch (seconds).
 RUN_FORMAT = 1
@@ -39,16 +39,8 @@ def load_results(path: Path) -> dict[str, ProblemResults]:
     run = json.loads(path.read_text(encoding="utf-8"))
     if run.get("format") != RUN_FORMAT:
         raise ValueError(f"{path}: not an lrm-fast-eval run file of format {RUN_FORMAT}")
-    results = {}
-    for name, entry in run.get("benchmarks", {}).items():
-        problems = entry["problems"]
-        if entry["rounds"] and all(problem["samples"] for problem in problems):
-            results[name] = ProblemResults(
-                tuple(problem["id"] for problem in problems),
-                [len(problem["samples"]) for problem in problems],
-                [sum(sample["correct"] for sample in problem["samples"]) for problem in problems],
-            )
-    return results
+    results = {name: problem_results(entry) for name, entry in run.get("benchmarks", {}).items()}
+    return {name: result for name, result in results.items() if result is not None}
 
 
 def benchmarks_to_compare(a: dict, b: dict, args: argparse.Namespace) -> list[str]:

@@ -2,12 +2,16 @@
 
     lrm-fast-report multirun/2026-11-27/10-00-00
     lrm-fast-report multirun/DATE/TIME_A multirun/DATE/TIME_B outputs/DATE/TIME --out docs/sweeps/regimes
+    lrm-fast-report multirun/DATE/TIME --baseline multirun/DATE/TIME/0     (the configuration of job 0)
 
-Prints the Markdown table and writes report.md, report.json, training_curves.png, pass_at_k.png and
-response_length.png to --out (default: FIRST_PATH/report).
+Prints the Markdown table and the study's headline quantities against a baseline configuration (by
+default the one without overrides of its own, else the first; lrm_fast/sweeps/headline.py), and writes
+report.md, report.json, training_curves.png, pass_at_k.png and response_length.png to --out (default:
+FIRST_PATH/report).
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -23,17 +27,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="moving-average window of the training curves, in steps (default: 5%% of the steps)",
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="baseline of the headline quantities: a run or sweep directory, or a configuration's label "
+        "(default: the configuration without overrides of its own, else the first)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # matplotlib (pulled in by the report module) only after the arguments are known to be valid
-    from lrm_fast.sweeps.report import PLOT_NAMES, build_report, format_table
+    from lrm_fast.sweeps.report import PLOT_NAMES, build_report, format_headline, format_table
 
     out_dir = args.out or args.paths[0] / "report"
-    report = build_report(args.paths, out_dir, window=args.window)
+    try:
+        report = build_report(args.paths, out_dir, window=args.window, baseline=args.baseline)
+    except ValueError as error:  # a --baseline that names no configuration
+        sys.exit(f"lrm-fast-report: error: {error}")
     print(format_table(report))
+    print(f"\nbaseline: {report['baseline']['label']} ({report['baseline']['reason']})")
+    print(format_headline(report))
     for name in ("report.md", "report.json", *PLOT_NAMES):
         print(f"wrote {out_dir / name}")
 

@@ -43,6 +43,12 @@ class Aggregation(Choice):
     token_mean = "token_mean"  # DAPO: every token counts the same
     seq_mean_token_mean = "seq_mean_token_mean"  # original GRPO: every sequence counts the same
     seq_mean_token_sum_norm = "seq_mean_token_sum_norm"  # Dr. GRPO: token sums over a constant length
+    token_sum = "token_sum"  # the study's loss_remove_token_mean: token sums over a constant length
+    # verl's micro-batch weighting (the study's scripts): each micro-batch's token mean, or token sum over
+    # the constant, times its share of the mini-batch's sequences. These two depend on how the batch is
+    # cut into micro-batches (the loss.micro_batch_tokens budget), unlike every aggregation above.
+    micro_batch_token_mean = "micro_batch_token_mean"
+    micro_batch_token_sum = "micro_batch_token_sum"
 
 
 class AdvantageScale(Choice):

@@ -93,6 +93,24 @@ class BenchmarkConfig:
 
 
 @dataclass
+class PerturbationConfig:
+    """Robustness (PAPER.md §6; the study's scripts/eval/vllm_robustness_test.py): a misleading block put
+    in front of every prompt's content, the problem and its template. With a block set, every benchmark
+    NAME is evaluated twice with the same protocol and seed, clean as NAME and perturbed as NAME+label,
+    and the drop is printed as the paired comparison of lrm-fast-eval-compare. Set one of name, prefix
+    and file; none of them: no perturbation."""
+
+    # A built-in attack (lrm_fast/evaluation/perturbation.py): add_one and times_seven are the study's two
+    # (attack_prompt.py p1, p2: a wrong answer argued inside an "ignore this" block, the argument written
+    # 100 times) for real models; arithmetic_add_one is the built-in task's, in its character alphabet.
+    name: str | None = None
+    prefix: str | None = None  # a block of your own, written `repeat` times before the prompt's content
+    file: str | None = None  # a UTF-8 text file holding such a block
+    repeat: int | None = None  # copies of the block (of a built-in attack's argument); null: its own, or 1
+    label: str = "attack"  # the perturbed entries are named NAME+label in results.json and the tables
+
+
+@dataclass
 class EvalAppConfig(EvalProtocol):
     """Everything `lrm-fast-eval` needs (the protocol's keys and these); composed from conf/evaluate.yaml
     and the command line. Its defaults run up to four rounds, so that the default spends the study's
@@ -115,3 +133,4 @@ class EvalAppConfig(EvalProtocol):
     gpu_memory_utilization: float = 0.9  # vllm: the engine's share of the GPU (nothing else runs)
     tensor_parallel_size: int = 1  # vllm: GPUs one engine spans (its own worker processes)
     max_model_len: int | None = None  # vllm: longest prompt + response; null: the model's own limit
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)

@@ -154,9 +154,16 @@ class RolloutConfig:
 class LossConfig:
     """The clipped GRPO loss (lrm_fast.kernels.grpo_loss) and how token losses are aggregated."""
 
-    # Every normaliser is global: computed over the whole batch before the micro-batch loop.
+    # Every normaliser is global: computed over the whole mini-batch before the micro-batch loop
+    # (lrm_fast/batching/samples.py). The study's scripts weight each micro-batch's token mean by its share
+    # of sequences (micro_batch_token_mean, use_dynamic_bsz: dp_actor.py:351-353); its LUFFY run sums
+    # tokens instead (micro_batch_token_sum, loss_remove_token_mean=True: Luffy_loss.sh:64,
+    # core_algos.py:392-393). Those two depend on the cut into micro-batches (micro_batch_tokens); equal to
+    # token_mean / token_sum when a mini-batch is one micro-batch.
     aggregation: Aggregation = Aggregation.token_mean
-    sum_norm_length: int | None = None  # Dr. GRPO's constant; None: rollout.max_new_tokens
+    # The constant C of seq_mean_token_sum_norm (Dr. GRPO) and of the token sums; None:
+    # rollout.max_new_tokens (the study's C: the padded response length, max_response_length).
+    sum_norm_length: int | None = None
     advantage_scale: AdvantageScale = AdvantageScale.std
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -181,9 +188,18 @@ class RegimeConfig:
 
     name: Regime = Regime.full  # neg_to_pos: negative first, then `second_phase`
     select_by: SelectBy = SelectBy.correctness
-    # False (the study): weights keep the full batch's normalisers, so a pruned step is smaller.
-    # True: normalisers count only the responses the regime keeps.
+    # False (the study): weights keep the full batch's normalisers, so a pruned step is smaller: by the
+    # kept share of tokens under loss.aggregation=token_mean, by the kept share of responses (K/S) under
+    # the per-sequence aggregations and the study's micro_batch_* ones (its loss is each micro-batch's
+    # token mean times that micro-batch's share of the S sequences, dp_actor.py:351-353). True:
+    # normalisers count only the responses the regime keeps, so the kept ones carry a full-size update.
     renormalise: bool = False
+    # regime=positive / negative (and neg_to_pos's phases): each response the regime would drop is kept
+    # with probability reserve_ratio, then dropped ones are kept at random until at least reserve_min
+    # responses (wanted ones included) are kept. Study: cut_down_samples_reserve_ratio and _min_num, 0 and 0
+    # in its scripts (ray_trainer.py:767-809; defaults 0.25 and 512 in ppo_trainer.yaml:187-188).
+    reserve_ratio: float = 0.0
+    reserve_min: int = 0
     positive_weight: float = 1.0  # regime=weighted: scale of positive responses (W-REINFORCE: 0.1)
     negative_weight: float = 1.0  # regime=weighted: scale of negative responses
     switch_step: int | None = None  # neg_to_pos: steps 1..switch_step are negative-only
@@ -204,6 +220,17 @@ class RewardConfig:
     b: float = 500.0  # tokens
     lo: float = -0.5
     hi: float = 1.0
+    # Repetition reward, added to binary or RLR rewards: an incorrect response gets
+    # (1 - distinct / total word n-grams of its prompt + response text) * repetition_penalty, so this is
+    # the reward of a fully repeated one (<= 0; 0: off). Study (Luffy_loss.sh:42-44): -2 with 40-grams
+    # (deepscaler.py:110-142; its defaults: off, -0.5, 40).
+    repetition_penalty: float = 0.0
+    repetition_ngram: int = 40
+    # Advantage 0 for an incorrect response that filled the whole response window and carries a
+    # repetition penalty (the group's mean and std still count it), so a long looping answer is neither
+    # pushed down nor up. Needs repetition_penalty < 0. Study: mask_truncated_samples=True in Luffy_loss.sh:41
+    # (core_algos.py:156-161).
+    mask_truncated: bool = False
 
 
 @dataclass
@@ -212,7 +239,11 @@ class InjectionConfig:
 
     name: Injection = Injection.none
     alpha: float = 0.125  # groups with accuracy <= alpha receive stored correct solutions
-    cap: int = 1  # at most this many responses replaced per group
+    # At most this many responses replaced per group; null: no cap, the study's default and its released
+    # run (max_inject_num = -1: ppo_trainer.yaml:184, ray_trainer.py:863). The embedded task keeps 1, so
+    # an all-wrong group gets one correct response and variance; with no cap and at least G usable
+    # solutions it becomes all correct and has zero advantage again.
+    cap: int | None = 1
     # Solution bank: null reads the training dataset's solutions column (data.solutions_key; the built-in
     # task has one); else a separate dataset (any source data.train_path accepts) with `id` and
     # `solutions` columns (a catalogue entry: its own), keyed by problem id.
@@ -220,6 +251,10 @@ class InjectionConfig:
     # LUFFY-style shaping of injected tokens: loss -A * p / (p + gamma), unclipped (their released run)
     shaping: bool = False
     gamma: float = 0.1
+    # With shaping, whether the policy's own tokens keep the clip (loss.clip_low / clip_high). False: the
+    # study's LUFFY loss, -A * rho unclipped (core_algos.py:361; Luffy_loss.sh's clip_ratio 0.35 is never
+    # read there). Acts only with shaping.
+    clip_policy_tokens: bool = True
 
 
 @dataclass
@@ -242,11 +277,19 @@ class EvalConfig(EvalProtocol):
 class TrainerConfig:
     """Optimisation, checkpoints and logging."""
 
-    steps: int = 200
+    steps: int = 200  # rollout steps (each samples B * G responses)
     prompts_per_step: int = 32  # B; B * G responses per step
+    # Optimizer steps per rollout batch: its responses are cut into this many mini-batches of whole groups,
+    # each normalised on its own, and `epochs` passes are made over them; the log-probs of the policy that
+    # sampled are recorded once before the first step, so the clip acts from the second step on. verl's
+    # train_batch_size / ppo_mini_batch_size and ppo_epochs: 64 / 64 and 1 in the study's baseline scripts,
+    # 128 / 64 = 2 and 1 in Luffy_loss.sh:47,55-56. Metrics average over the steps (optim/steps counts
+    # them); the learning-rate schedule (warmup_steps, steps) counts rollout steps, as verl's does.
+    mini_batches: int = 1
+    epochs: int = 1
     lr: float = 1e-4  # study: 1e-6 (1.5B model); the tiny model needs far more
     lr_schedule: LRSchedule = LRSchedule.constant  # after linear warmup
-    warmup_steps: int = 20
+    warmup_steps: int = 20  # rollout steps
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0

@@ -113,13 +113,37 @@ def _validate_loss(cfg: TrainConfig) -> None:
     _at_least("loss.kl_coef", loss.kl_coef, 0)
     _at_least("loss.entropy_coef", loss.entropy_coef, 0)
     _positive("loss.micro_batch_tokens", loss.micro_batch_tokens)
+    if not cfg.injection.clip_policy_tokens and not cfg.injection.shaping:
+        # The study drops the clip only inside its LUFFY loss; elsewhere the setting would do nothing.
+        raise ValueError("injection.clip_policy_tokens=false needs injection.shaping=true (the LUFFY loss)")
 
 
 def _validate_levers(cfg: TrainConfig) -> None:
     """The study's levers: regime, reward and injection settings."""
+    _validate_regime(cfg)
+    reward = cfg.reward
+    _probability("reward.tau", reward.tau)
+    _positive("reward.b", reward.b)
+    _check(reward.lo <= reward.hi, "reward.lo", f"<= reward.hi ({reward.hi})", reward.lo)
+    penalty = reward.repetition_penalty
+    _check(penalty <= 0, "reward.repetition_penalty", "<= 0 (0: off)", penalty)
+    _positive("reward.repetition_ngram", reward.repetition_ngram)
+    if reward.mask_truncated and penalty == 0:
+        # The study masks only responses that carry a repetition penalty: without one it masks nothing.
+        raise ValueError("reward.mask_truncated needs reward.repetition_penalty < 0, got 0")
+    injection = cfg.injection
+    _check(0 <= injection.alpha < 1, "injection.alpha", "in [0, 1)", injection.alpha)
+    if injection.cap is not None:
+        _at_least("injection.cap", injection.cap, 1, " (or null: no cap)")
+    _positive("injection.gamma", injection.gamma)
+
+
+def _validate_regime(cfg: TrainConfig) -> None:
     regime = cfg.regime
     if regime.positive_weight < 0 or regime.negative_weight < 0:
         raise ValueError("regime.positive_weight and regime.negative_weight must be >= 0")
+    _probability("regime.reserve_ratio", regime.reserve_ratio)
+    _at_least("regime.reserve_min", regime.reserve_min, 0)
     if regime.name == Regime.neg_to_pos:
         if regime.switch_step is None and regime.switch_accuracy is None:
             raise ValueError("regime=neg_to_pos needs regime.switch_step or regime.switch_accuracy")
@@ -129,14 +153,6 @@ def _validate_levers(cfg: TrainConfig) -> None:
             _probability("regime.switch_accuracy", regime.switch_accuracy)
             if cfg.eval.every <= 0:
                 raise ValueError("regime.switch_accuracy needs periodic evaluation: set eval.every > 0")
-    reward = cfg.reward
-    _probability("reward.tau", reward.tau)
-    _positive("reward.b", reward.b)
-    _check(reward.lo <= reward.hi, "reward.lo", f"<= reward.hi ({reward.hi})", reward.lo)
-    injection = cfg.injection
-    _check(0 <= injection.alpha < 1, "injection.alpha", "in [0, 1)", injection.alpha)
-    _positive("injection.cap", injection.cap)
-    _positive("injection.gamma", injection.gamma)
 
 
 def _validate_trainer(cfg: TrainConfig) -> None:
@@ -147,6 +163,12 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     _at_least("trainer.weight_decay", trainer.weight_decay, 0)
     _at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
     _at_least("trainer.max_bad_steps", trainer.max_bad_steps, 1)
+    _at_least("trainer.mini_batches", trainer.mini_batches, 1)
+    _at_least("trainer.epochs", trainer.epochs, 1)
+    # Equal mini-batches of whole groups, as verl's (its train_batch_size is a multiple of the mini-batch).
+    divides = trainer.prompts_per_step % trainer.mini_batches == 0
+    requirement = f"a divisor of trainer.prompts_per_step ({trainer.prompts_per_step})"
+    _check(divides, "trainer.mini_batches", requirement, trainer.mini_batches)
 
 
 def _validate_cold_start(cfg: TrainConfig) -> None:

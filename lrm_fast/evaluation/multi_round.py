@@ -57,12 +57,19 @@ FIXED_ON_RESUME = (
     "max_new_tokens",
     "greedy",
     "seed",
+    "perturbation",
 )
 
 
-def stored_settings(protocol: EvalProtocol, seed: int) -> dict:
-    """The settings stored with a benchmark's rounds (what a resume is checked against)."""
-    extra = {"seed": seed, "round_samples": protocol.round_samples, "total_budget": protocol.total_budget}
+def stored_settings(protocol: EvalProtocol, seed: int, perturbation: dict | None = None) -> dict:
+    """The settings stored with a benchmark's rounds (what a resume is checked against); `perturbation`
+    describes the block in front of the prompts (lrm_fast/evaluation/perturbation.py), None: clean."""
+    extra = {
+        "seed": seed,
+        "round_samples": protocol.round_samples,
+        "total_budget": protocol.total_budget,
+        "perturbation": perturbation,
+    }
     return {**asdict(protocol), **extra}
 
 
@@ -80,11 +87,14 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     *,
     seed: int = 0,
+    perturbation: dict | None = None,
 ) -> dict:
     """Evaluate one benchmark round by round and return its summary (see `summarize`).
 
     With `state_path`, the run JSON there is loaded (its entry `name` resumed, other entries kept) and
-    rewritten after every round. The JSON's layout: {"format", "benchmarks": {name: entry}, ...} with
+    rewritten after every round. `perturbation` (`Perturbation.record()`) marks an entry whose prompts
+    carry a misleading block; it is stored with the settings. The JSON's layout:
+    {"format", "benchmarks": {name: entry}, ...} with
     entry = {"settings", "problems": [{"id", "problem", "answer", "greedy", "samples": [...]}],
     "rounds": [...], "stop_reason", "summary"}.
     """
@@ -93,7 +103,11 @@ def evaluate(
     state_path = Path(state_path) if state_path is not None else None
     run = load_run(state_path) if state_path is not None and state_path.exists() else {"format": RUN_FORMAT}
     entry = open_entry(
-        run, name, examples, stored_settings(protocol, seed), where=f"{state_path}, benchmark {name!r}"
+        run,
+        name,
+        examples,
+        stored_settings(protocol, seed, perturbation),
+        where=f"{state_path}, benchmark {name!r}",
     )
     while True:
         entry["stop_reason"] = stop_reason(entry, protocol)

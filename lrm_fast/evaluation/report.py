@@ -14,6 +14,14 @@ Scores are shown in percent. The table's columns (one row per benchmark):
 - greedy: greedy accuracy; flips: +a/-b, problems that greedy gets right while most samples are wrong,
   and wrong while most samples are right.
 
+With a perturbation (lrm_fast/evaluation/perturbation.py) a second table compares every benchmark NAME
+with its perturbed twin NAME+label on the same problems, with `paired_comparison` (the test of
+`lrm-fast-eval-compare`): clean and perturbed are the per-problem accuracies c_i / n_i pooled over the
+rounds and averaged over the problems (so they can differ from avg@k above by O(1/n_i)); drop = perturbed -
+clean, its standard error clustered by problem and its interval at the run's level; p: two-sided, no
+difference; worse/better/equal: problems whose accuracy fell, rose, stayed; lost: problems solved by
+most clean samples and by fewer than half of the perturbed ones.
+
 The plots use matplotlib's object API (a bare Figure renders with Agg), so no global backend is touched.
 """
 
@@ -38,10 +46,41 @@ def format_table(summaries: dict[str, dict]) -> str:
     """One aligned text row per benchmark under a header row."""
     header = ["benchmark", "problems", "samples", "rounds", "avg@k", "+-SE", "CI", "pass@k", "maj@k"]
     header += ["uncertain", "var", "var/unif", "SEq", "SEs", "k*", "greedy", "flips", "stop"]
-    rows = [header] + [_row(name, summary) for name, summary in summaries.items()]
-    widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
+    return _aligned([header] + [_row(name, summary) for name, summary in summaries.items()])
+
+
+def _aligned(rows: list[list[str]]) -> str:
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_robustness(pairs: dict[str, dict]) -> str:
+    """The clean/perturbed table (module docstring): one row per benchmark, under a line naming the block."""
+    header = ["benchmark", "problems", "clean", "perturbed", "drop", "+-SE", "CI", "p"]
+    header += ["worse/better/equal", "lost"]
+    rows = [header]
+    for name, c in pairs.items():
+        rows.append(
+            [
+                name,
+                str(c["problems"]),
+                f"{100 * c['score_a']:.2f}",
+                f"{100 * c['score_b']:.2f}",
+                f"{100 * c['difference']:+.2f}",
+                f"{100 * c['standard_error']:.2f}",
+                f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]",
+                f"{c['p_value']:.2g}" if c["p_value"] >= 1e-16 else "<1e-16",  # the normal tail underflows
+                f"{c['b_worse']}/{c['b_better']}/{c['ties']}",
+                str(len(c["lost"])),
+            ]
+        )
+    first = next(iter(pairs.values()))
+    title = (
+        f"robustness: perturbed ({first['perturbation']['source']}, before every prompt) - clean, "
+        f"paired by problem, {100 * first['level']:g}% CI"
+    )
+    return f"{title}\n{_aligned(rows)}"
 
 
 def _row(name: str, s: dict) -> list[str]:

@@ -156,6 +156,19 @@ class ProblemResults:
         return cls(tuple(str(i) for i in range(len(n))), n, c)
 
 
+def problem_results(entry: dict) -> ProblemResults | None:
+    """Per-problem n_i and c_i of a run file's benchmark entry (lrm_fast/evaluation/multi_round.py), pooled
+    over its rounds; None until every problem has a sample."""
+    problems = entry["problems"]
+    if not entry["rounds"] or not all(problem["samples"] for problem in problems):
+        return None
+    return ProblemResults(
+        tuple(problem["id"] for problem in problems),
+        [len(problem["samples"]) for problem in problems],
+        [sum(sample["correct"] for sample in problem["samples"]) for problem in problems],
+    )
+
+
 def check_same_problems(a: ProblemResults, b: ProblemResults) -> None:
     """Refuse to pair evaluations of different problems (or of the same ones in another order)."""
     if a.ids == b.ids:

@@ -3,12 +3,21 @@
 For a group whose accuracy p_g is at most alpha (0.125: with G = 16 at most 2 correct), up to
 k = min(cap, #incorrect, #available) of its incorrect responses are replaced by stored correct solutions
 of the same problem. The trainer then grades the injected responses like any other and recomputes the
-group's rewards and advantages, so the group has variance.
+group's rewards and advantages. Whether the group then has variance depends on the cap: it becomes
+all correct (zero advantage again) when k equals its number of incorrect responses, that is when both
+the cap and the usable solutions reach that number (and every injected solution grades correct).
+
+    cap c        (the embedded task: 1) with c < G - #correct some incorrect response stays: an all-wrong
+                 group gets c correct responses among G - c wrong ones, and trains.
+    no cap       (null; the study's max_inject_num = -1, ppo_trainer.yaml:184, kept by its released run;
+                 it treats any value <= 0 as none, ray_trainer.py:863) every incorrect response is replaced
+                 while solutions last: an all-wrong group with at least G usable solutions becomes all
+                 correct and has zero advantage again; one with fewer keeps variance.
 
 Solutions are response text without the prompt, tokenised without the chat template (the prompt
 already ends with the assistant header), with the EOS token appended; a solution longer than the
-response limit is skipped, as in the study. The update is on-policy (old log-probs are the current
-policy's own, see lrm_fast/update.py), which is what "old log-probs recomputed by the current policy"
+response limit is skipped, as in the study. Their old log-probs are the current policy's, like every
+response's (lrm_fast/training/update.py), which is what "old log-probs recomputed by the current policy"
 amounts to.
 
 Choices the study leaves open, fixed here: the first k incorrect responses of the group are replaced
@@ -35,11 +44,11 @@ from lrm_fast.data.examples import (
 
 
 def plan_injections(
-    correct: list[bool], group_size: int, alpha: float, cap: int, available: list[int]
+    correct: list[bool], group_size: int, alpha: float, cap: int | None, available: list[int]
 ) -> list[tuple[int, int]]:
     """(response index, solution index) of every replacement, for consecutive groups of `group_size`.
 
-    ``available[g]`` is the number of usable stored solutions of group g's problem.
+    ``available[g]`` is the number of usable stored solutions of group g's problem; ``cap`` None: no cap.
     """
     if len(correct) != group_size * len(available):
         raise ValueError(f"{len(correct)} responses do not make {len(available)} groups of {group_size}")
@@ -49,7 +58,7 @@ def plan_injections(
         if sum(correct[i] for i in members) / group_size > alpha:
             continue
         incorrect = [i for i in members if not correct[i]]
-        k = min(cap, len(incorrect), num_solutions)
+        k = min(len(incorrect), num_solutions) if cap is None else min(cap, len(incorrect), num_solutions)
         plan += list(zip(incorrect[:k], range(k), strict=True))
     return plan
 

@@ -1,4 +1,5 @@
-"""Rewards of a step's responses: binary correctness, or the Relative Length Reward (PAPER.md §4).
+"""Rewards of a step's responses: binary correctness, or the Relative Length Reward (PAPER.md §4), and
+optionally the repetition reward added to either (PAPER.md §5).
 
 RLR puts the too-easy groups to work. For a group whose accuracy p_g is at least tau, every correct
 response i gets
@@ -10,6 +11,16 @@ Incorrect responses keep 0, and groups below tau keep their 0/1 rewards. The gro
 afterwards as usual, so an all-correct group now has variance (unless all its lengths are equal) and
 prefers its shorter correct answers. Defaults are the study's script values: tau 0.75, b 500, lo -0.5,
 hi 1.
+
+The repetition reward (the study's deepscaler.py:110-142, used by its OSI run) penalises incorrect
+responses that loop. With the text lower-cased and split on whitespace into words w_1..w_m, the word
+n-grams are (w_j, ..., w_{j+n-1}) for j = 1..m-n+1, and an incorrect response gets
+
+    r_i += (1 - distinct / total) * repetition_penalty        (0 when m < n: no n-gram)
+
+so a response of all-distinct n-grams loses nothing and one that repeats a single n-gram loses almost
+all of |repetition_penalty| (study: -2 with n = 40). As in the study the text is the decoded prompt
+followed by the response, special tokens included, and correct responses are never penalised.
 """
 
 from dataclasses import dataclass
@@ -45,3 +56,19 @@ def relative_length_rewards(
         for i in correct_members:
             rewards[i] = 1.0 + min(max((mean_length - lengths[i]) / b, lo), hi)
     return ShapedRewards(rewards, shaped)
+
+
+def distinct_ngrams(text: str, n: int) -> tuple[int, int]:
+    """(distinct, total) word n-grams of `text`, words being its lower-cased whitespace-separated parts."""
+    words = text.lower().split()
+    ngrams = [tuple(words[j : j + n]) for j in range(len(words) - n + 1)]
+    return len(set(ngrams)), len(ngrams)
+
+
+def repetition_penalties(texts: list[str], correct: list[bool], n: int, max_penalty: float) -> list[float]:
+    """The repetition reward of each response (see the module docstring); 0 for correct ones."""
+    penalties = []
+    for text, is_correct in zip(texts, correct, strict=True):
+        distinct, total = (0, 0) if is_correct else distinct_ngrams(text, n)
+        penalties.append((1 - distinct / total) * max_penalty if total else 0.0)
+    return penalties

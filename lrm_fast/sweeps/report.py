@@ -12,7 +12,14 @@ Per configuration, over its seeds (mean, sample std, min, max):
   them (after RLR and OSI; the `_before` metrics are not reported);
 - mean length of correct and of incorrect responses over the first and the last 10% of the steps;
 - clip fraction, approx KL (to the rollout policy) and ref KL (to the reference), means over steps;
-- wall time of the GRPO run (summary.json; the cached SFT cold start is not included).
+- wall time of the GRPO run (summary.json; the cached SFT cold start is not included);
+- the study's headline quantities against a baseline (lrm_fast/sweeps/headline.py: how the baseline is
+  chosen, and how each quantity is computed): relative change of the zero-advantage ratio and of the
+  correct-response length, the mean sampled response length, and the evaluation variance with k rounds
+  against one round.
+
+The code: runs.py finds, loads and groups the runs; headline.py computes the headline quantities;
+figures.py draws; this module aggregates and writes.
 
 Simplifications:
 - Runs without .hydra/ (hydra.output_subdir=null) have no recorded overrides: then every run's
@@ -30,183 +37,47 @@ Simplifications:
 """
 
 import json
-import math
-import shlex
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import yaml
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from lrm_fast.evaluation.report import k_axis
-from lrm_fast.training.metrics import read_metrics
+from lrm_fast.sweeps.figures import (
+    PLOT_NAMES,
+    default_window,
+    length_figure,
+    pass_at_k_figure,
+    training_curves,
+)
+from lrm_fast.sweeps.headline import choose_baseline, eval_variance_change, headline
+from lrm_fast.sweeps.runs import (
+    EDGE_SHARE,
+    LENGTHS,
+    STEP_MEANS,
+    Configuration,
+    common_overrides,
+    find_runs,
+    group_runs,
+    run_numbers,
+    spread,
+)
 
-# Keys that never split configurations: the seed is what is averaged over; the rest is bookkeeping.
-IGNORED_KEYS = frozenset({"seed", "trainer.resume", "trainer.progress_bar", "cold_start.cache_dir"})
-EDGE_SHARE = 0.1  # "first" and "last" length windows: this share of the steps (at least one step)
-# Per-step metrics averaged over training: report name -> metrics.jsonl key.
-STEP_MEANS = {
-    "zero_adv_ratio": "zero_adv/ratio",
-    "zero_adv_all_correct": "zero_adv/all_correct",
-    "zero_adv_all_wrong": "zero_adv/all_wrong",
-    "clip_fraction": "loss/clip_fraction",
-    "approx_kl": "loss/approx_kl",
-    "ref_kl": "loss/ref_kl",
-}
-LENGTHS = {"length_correct": "length/correct_mean", "length_incorrect": "length/incorrect_mean"}
-CURVES = {
-    "reward/accuracy": "training accuracy",
-    "zero_adv/ratio": "zero-advantage ratio",
-    "zero_adv/all_correct": "zero-adv: all correct",
-    "zero_adv/all_wrong": "zero-adv: all wrong",
-    "length/correct_mean": "length of correct responses",
-    "length/incorrect_mean": "length of incorrect responses",
-}
-PLOT_NAMES = ("training_curves.png", "pass_at_k.png", "response_length.png")
+__all__ = ["PLOT_NAMES", "build_report", "format_headline", "format_markdown", "format_table"]
 
 
-@dataclass
-class Run:
-    path: Path
-    seed: int
-    overrides: list[str] | None  # None: the run has no .hydra/overrides.yaml
-    config: dict[str, object]  # flattened resolved config.yaml
-    summary: dict
-    rows: list[dict]  # training steps of metrics.jsonl (periodic-evaluation rows left out)
-    pass_at_k: list[float] | None  # final evaluation, k = 1..samples per problem
-    command: str | None
-
-
-@dataclass
-class Configuration:
-    label: str  # the overrides that set it apart from the other configurations
-    overrides: list[str]
-    runs: list[Run]  # sorted by seed
-
-
-# ------------------------------------------------------------------------------------------ collect
-
-
-def find_runs(paths: list[str | Path]) -> tuple[list[Run], list[Path]]:
-    """Finished runs under `paths` (job order) and the unfinished ones (no summary.json)."""
-    runs, skipped, seen = [], [], set()
-    for root in paths:
-        for metrics in sorted(Path(root).rglob("metrics.jsonl"), key=_natural_key):
-            run_dir = metrics.parent.resolve()
-            if run_dir in seen:
-                continue
-            seen.add(run_dir)
-            if (run_dir / "summary.json").exists():
-                runs.append(load_run(run_dir))
-            else:
-                skipped.append(run_dir)
-    if not runs:
-        raise FileNotFoundError(
-            f"no finished run (metrics.jsonl + summary.json) under {list(map(str, paths))}"
-        )
-    return runs, skipped
-
-
-def load_run(run_dir: Path) -> Run:
-    run_dir = Path(run_dir)
-    config = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    overrides_path = run_dir / ".hydra" / "overrides.yaml"
-    final_eval = run_dir / "eval" / "final.json"
-    pass_at_k = None
-    if final_eval.exists():
-        pass_at_k = json.loads(final_eval.read_text())["benchmarks"]["heldout"]["summary"]["pass_at_k"]
-    return Run(
-        path=run_dir,
-        seed=int(config["seed"]),
-        overrides=yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else None,
-        config=config,
-        summary=json.loads((run_dir / "summary.json").read_text()),
-        rows=[row for row in read_metrics(run_dir) if "reward/accuracy" in row],
-        pass_at_k=pass_at_k,
-        command=run_command(run_dir),
-    )
-
-
-def run_command(run_dir: Path) -> str | None:
-    """The command line that made the run, from Hydra's record; None without one."""
-    for path, multirun in (
-        (run_dir.parent / "multirun.yaml", True),
-        (run_dir / ".hydra" / "hydra.yaml", False),
-    ):
-        if path.exists():
-            overrides = yaml.safe_load(path.read_text())["hydra"]["overrides"]
-            args = [o for o in overrides["hydra"] if not o.startswith("hydra.mode=")] + overrides["task"]
-            return shlex.join(["lrm-fast-train", *(["-m"] if multirun else []), *args])
-    return None
-
-
-def group_runs(runs: list[Run]) -> list[Configuration]:
-    """Configurations in order of first appearance, each with its runs sorted by seed."""
-    if any(run.overrides is None for run in runs):
-        keys = _differing_keys([run.config for run in runs])
-        settings = [[f"{key}={run.config.get(key)}" for key in keys] for run in runs]
-    else:
-        settings = [[o for o in run.overrides if _override_key(o) not in IGNORED_KEYS] for run in runs]
-    groups: dict[tuple[str, ...], tuple[list[str], list[Run]]] = {}
-    for run, overrides in zip(runs, settings, strict=True):
-        groups.setdefault(tuple(sorted(overrides)), (overrides, []))[1].append(run)
-    common = set.intersection(*(set(key) for key in groups))
+def configuration_numbers(configuration: Configuration) -> list[dict]:
+    """The per-run numbers of a configuration's runs, with their final evaluation's variance change."""
     return [
-        Configuration(
-            label=" ".join(o for o in overrides if o not in common)
-            or ("all runs" if len(groups) == 1 else "(common settings)"),
-            overrides=overrides,
-            runs=sorted(members, key=lambda run: run.seed),
-        )
-        for overrides, members in groups.values()
+        {
+            **run_numbers(run),
+            "eval_variance_change": eval_variance_change(run.evaluation),
+            "eval_rounds": None if run.evaluation is None else len(run.evaluation["rounds"]),
+        }
+        for run in configuration.runs
     ]
 
 
-def common_overrides(configurations: list[Configuration]) -> list[str]:
-    shared = set.intersection(*(set(c.overrides) for c in configurations))
-    return [o for o in configurations[0].overrides if o in shared]
-
-
-# ---------------------------------------------------------------------------------------- aggregate
-
-
-def spread(values: list[float | None]) -> dict:
-    """Mean, sample std (None for one value), min and max of the finite values; all values kept."""
-    finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    stats = {"mean": None, "std": None, "min": None, "max": None}
-    if len(finite):
-        stats = {
-            "mean": float(finite.mean()),
-            "std": float(finite.std(ddof=1)) if len(finite) > 1 else None,
-            "min": float(finite.min()),
-            "max": float(finite.max()),
-        }
-    return {**stats, "values": [_finite_or_none(v) for v in values]}
-
-
-def run_numbers(run: Run) -> dict[str, float | None]:
-    """The run's scalars that the report averages over seeds."""
-    numbers = {
-        "final_accuracy": run.summary["final_heldout_accuracy"],
-        "cold_start_accuracy": run.summary["cold_start_heldout_accuracy"],
-        "improvement_points": run.summary["improvement_points"],
-        "wall_time_s": run.summary["wall_time_s"],
-        "steps": run.summary["steps"],
-    }
-    for name, key in STEP_MEANS.items():
-        numbers[name] = _mean(step_values(run.rows, key))
-    edge = max(1, math.ceil(EDGE_SHARE * len(run.rows)))
-    for name, key in LENGTHS.items():
-        numbers[f"{name}_first"] = _mean(step_values(run.rows[:edge], key))
-        numbers[f"{name}_last"] = _mean(step_values(run.rows[-edge:], key))
-    return numbers
-
-
-def summarize_configuration(configuration: Configuration) -> dict:
-    per_run = [run_numbers(run) for run in configuration.runs]
+def summarize_configuration(configuration: Configuration, per_run: list[dict]) -> dict:
     curves = [run.pass_at_k for run in configuration.runs if run.pass_at_k]
     k = min((len(curve) for curve in curves), default=0)
     pass_at_k = np.array([curve[:k] for curve in curves]) if curves else np.zeros((0, 0))
@@ -226,52 +97,19 @@ def summarize_configuration(configuration: Configuration) -> dict:
     }
 
 
-def step_values(rows: list[dict], key: str) -> np.ndarray:
-    """One value per step; NaN where the key is missing, and where a length is 0 (no such responses)."""
-    values = np.array([row.get(key, math.nan) for row in rows], dtype=np.float64)
-    if key in LENGTHS.values():
-        values[values == 0] = math.nan
-    return values
-
-
-def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over the last `window` steps (fewer at the start), NaN entries left out."""
-    finite = np.isfinite(values)
-    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, values, 0.0))])
-    counts = np.concatenate([[0], np.cumsum(finite)])
-    end = np.arange(1, len(values) + 1)
-    start = np.maximum(end - window, 0)
-    n = counts[end] - counts[start]
-    return np.where(n > 0, (sums[end] - sums[start]) / np.maximum(n, 1), math.nan)
-
-
-def seed_band(
-    runs: list[Run], key: str, window: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, mean, min, max) over seeds of the smoothed per-step curve, cut to the shortest run."""
-    length = min(len(run.rows) for run in runs)
-    steps = np.array([row["step"] for row in runs[0].rows[:length]])
-    curves = np.stack([moving_average(step_values(run.rows[:length], key), window) for run in runs])
-    finite = np.isfinite(curves)
-    count = finite.sum(axis=0)
-    mean = np.where(count > 0, np.where(finite, curves, 0.0).sum(axis=0) / np.maximum(count, 1), math.nan)
-    # fmin / fmax ignore NaN (a seed without such responses at that step) without warnings
-    return steps, mean, np.fmin.reduce(curves, axis=0), np.fmax.reduce(curves, axis=0)
-
-
-def default_window(configurations: list[Configuration]) -> int:
-    steps = max(len(run.rows) for c in configurations for run in c.runs)
-    return max(1, round(steps / 20))
-
-
 # ------------------------------------------------------------------------------------------- output
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, window: int | None = None) -> dict:
-    """Collect, group and aggregate the runs; write report.json, report.md and the plots to `out_dir`."""
+def build_report(
+    paths: list[str | Path], out_dir: str | Path, window: int | None = None, baseline: str | None = None
+) -> dict:
+    """Collect, group and aggregate the runs; write report.json, report.md and the plots to `out_dir`.
+    `baseline` names the headline quantities' baseline configuration (lrm_fast/sweeps/headline.py)."""
     runs, skipped = find_runs(paths)
     configurations = group_runs(runs)
     window = window or default_window(configurations)
+    numbers = [configuration_numbers(c) for c in configurations]
+    base, reason = choose_baseline(configurations, baseline)
     report = {
         "paths": [str(p) for p in paths],
         "generated": datetime.now().isoformat(timespec="seconds"),
@@ -279,13 +117,21 @@ def build_report(paths: list[str | Path], out_dir: str | Path, window: int | Non
         "common_overrides": common_overrides(configurations),
         "smoothing_window": window,
         "skipped": [str(path) for path in skipped],
-        "configurations": [summarize_configuration(c) for c in configurations],
+        "configurations": [
+            summarize_configuration(c, n) for c, n in zip(configurations, numbers, strict=True)
+        ],
+        "baseline": {"label": configurations[base].label, "reason": reason},
+        "headline": headline(configurations, numbers, base),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(format_markdown(report))
-    figures = (_training_curves(configurations, window), _pass_at_k(report), _lengths(configurations, window))
+    figures = (
+        training_curves(configurations, window),
+        pass_at_k_figure(report),
+        length_figure(configurations, window),
+    )
     for figure, name in zip(figures, PLOT_NAMES, strict=True):
         figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
     return report
@@ -348,6 +194,47 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+HEADLINE_HEADER = (
+    "configuration",
+    "seeds",
+    "zero-adv %",
+    "Δ zero-adv % vs baseline",
+    "len correct (last)",
+    "Δ len correct % vs baseline",
+    "sampled length (last)",
+    "eval rounds",
+    "Δ eval variance %, k rounds vs 1",
+)
+
+HEADLINE_NOTES = f"""\
+The study's headline quantities (lrm_fast/sweeps/headline.py). Baseline: `{{label}}`, {{reason}}.
+Δ zero-adv and Δ len correct are relative changes against the baseline, per seed (against the
+baseline's run of the same seed, else its seed mean), shown as mean ± sample std [min, max] over
+seeds; zero-adv is the mean over training steps, lengths (tokens) are means over the last
+{100 * EDGE_SHARE:g}% of the steps, of correct responses and of all sampled ones. Δ eval variance is
+the final evaluation's sampling variance with all its rounds against its first round alone (its
+baseline is that one-round evaluation; "-": a single round)."""
+
+
+def format_headline(report: dict) -> str:
+    """The Markdown table of the headline quantities: one row per configuration."""
+    lines = ["| " + " | ".join(HEADLINE_HEADER) + " |", "|" + "---|" * len(HEADLINE_HEADER)]
+    for row in report["headline"]:
+        cells = [
+            f"`{row['label']}`" + (" (baseline)" if row["baseline"] else ""),
+            str(len(row["seeds"])),
+            _mean_std(row["zero_adv_ratio"], scale=100),
+            _change(row["zero_adv_change"]),
+            _mean_std(row["length_correct_last"]),
+            _change(row["length_correct_change"]),
+            _mean_std(row["length_sampled_last"]),
+            _number(row["eval_rounds"]["mean"], digits=0),
+            _change(row["eval_variance_change"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_markdown(report: dict) -> str:
     commands = "\n".join(report["commands"]) or "(not recorded: no .hydra/ in the run directories)"
     common = " ".join(report["common_overrides"]) or "(none)"
@@ -372,6 +259,10 @@ Settings shared by all configurations: `{common}`
 
 {COLUMN_NOTES}
 
+{format_headline(report)}
+
+{HEADLINE_NOTES.format(**report["baseline"])}
+
 Runs:
 {runs}{skipped}
 
@@ -384,98 +275,6 @@ over seeds, band = min–max over seeds.
 
 ![response length](response_length.png)
 """
-
-
-# -------------------------------------------------------------------------------------------- plots
-
-
-def _training_curves(configurations: list[Configuration], window: int) -> Figure:
-    figure = Figure(figsize=(15, 8), layout="constrained")
-    for axes, (key, title) in zip(figure.subplots(2, 3).flat, CURVES.items(), strict=True):
-        for configuration in configurations:
-            steps, mean, low, high = seed_band(configuration.runs, key, window)
-            (line,) = axes.plot(steps, mean, label=configuration.label)
-            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-        axes.set(title=title, xlabel="step", ylabel=key)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.axes[0].legend(fontsize="small")
-    figure.suptitle(f"Training curves: moving average over {window} steps, band = min-max over seeds")
-    return figure
-
-
-def _pass_at_k(report: dict) -> Figure:
-    figure = Figure(figsize=(6, 4), layout="constrained")
-    axes = figure.subplots()
-    for c in report["configurations"]:
-        curve = c["pass_at_k"]
-        if not curve["mean"]:
-            continue
-        ks = np.arange(1, len(curve["mean"]) + 1)
-        (line,) = axes.plot(ks, curve["mean"], marker="o", label=c["label"])
-        axes.fill_between(ks, curve["min"], curve["max"], color=line.get_color(), alpha=0.2)
-    k_max = max((len(c["pass_at_k"]["mean"]) for c in report["configurations"]), default=1)
-    if k_max > 1:
-        k_axis(axes, k_max)
-    else:  # one sample per problem: the points sit at k = 1 alone, so say so rather than draw an axis
-        axes.set_xticks([1], ["1"])
-    axes.set(xlabel="k", ylabel="pass@k (held-out, final)", title="pass@k: mean, band = min-max over seeds")
-    if axes.lines:
-        axes.legend(fontsize="small")
-    return figure
-
-
-def _lengths(configurations: list[Configuration], window: int) -> Figure:
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = figure.subplots()
-    for configuration in configurations:
-        color = None
-        for key, style in (("length/correct_mean", "-"), ("length/incorrect_mean", "--")):
-            steps, mean, low, high = seed_band(configuration.runs, key, window)
-            kind = "correct" if key == "length/correct_mean" else "incorrect"
-            (line,) = axes.plot(steps, mean, style, color=color, label=f"{configuration.label}: {kind}")
-            color = line.get_color()
-            axes.fill_between(steps, low, high, color=color, alpha=0.15)
-    axes.set(xlabel="step", ylabel="mean response length (tokens)")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_title(f"Response length (moving average over {window} steps, band = min-max over seeds)")
-    axes.legend(fontsize="small")
-    return figure
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _differing_keys(configs: list[dict[str, object]]) -> list[str]:
-    keys = sorted(set().union(*configs) - IGNORED_KEYS)
-    return [key for key in keys if len({json.dumps(c.get(key)) for c in configs}) > 1]
-
-
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _natural_key(path: Path) -> list[tuple]:
-    # Hydra job folders are 0, 1, ..., 10: numeric parts compare as numbers
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
-
-
-def _mean(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if len(finite) else None
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value
 
 
 def _pass_at_k_cell(curve: list[float] | None) -> str:
@@ -493,3 +292,11 @@ def _mean_std(stats: dict, scale: float = 1.0, digits: int = 1) -> str:
     if stats["std"] is None:
         return _number(stats["mean"], scale, digits)
     return f"{_number(stats['mean'], scale, digits)} ± {_number(stats['std'], scale, digits)}"
+
+
+def _change(stats: dict) -> str:
+    """A relative change in percent: mean ± std [min, max], signed."""
+    if stats["mean"] is None:
+        return "-"
+    std = "" if stats["std"] is None else f" ± {100 * stats['std']:.1f}"
+    return f"{100 * stats['mean']:+.1f}{std} [{100 * stats['min']:+.1f}, {100 * stats['max']:+.1f}]"

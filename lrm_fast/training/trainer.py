@@ -2,13 +2,16 @@
 
 One step (DESIGN.md "Data flow"): B prompts are drawn (each rank takes B / world of them), G responses
 sampled per prompt, graded 1/0 against the answer, turned into group-relative advantages, packed into
-micro-batches under a token budget and used for one clipped-policy-gradient optimizer step.
+micro-batches under a token budget and used for clipped-policy-gradient optimizer steps: one by default,
+or `trainer.epochs` passes over `trainer.mini_batches` mini-batches (lrm_fast/training/update.py).
 
 The study's levers plug in between sampling and the update (lrm_fast/levers/scoring.py): offline sample
 injection and the relative length reward before the advantages, the sample regime after them
 (lrm_fast/levers/regimes.py).
 
-Simplifications: one optimizer step per rollout batch (on-policy, as in the study); responses of
+Simplifications: one optimizer step per rollout batch by default (on-policy, as in the study's baseline
+runs; its LUFFY run takes two); the learning-rate schedule counts rollout steps, as verl's does (one
+scheduler step per update_policy, fsdp_workers.py:463), whatever the optimizer steps per batch; responses of
 zero-variance groups are not forwarded when `regime.drop_zero_variance` (they have A = 0; only their KL
 and entropy terms are lost, and their tokens still count in the normalisers).
 """
@@ -29,7 +32,7 @@ from lrm_fast.data.sampler import PromptSampler
 from lrm_fast.evaluation.multi_round import evaluate as evaluate_benchmark
 from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.levers.regimes import RegimeSchedule, apply_regime
-from lrm_fast.levers.scoring import ScoredStep, score_rollouts
+from lrm_fast.levers.scoring import ScoredStep, lever_metrics, score_rollouts
 from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.rollout.sharded import ShardedBackend
@@ -38,7 +41,7 @@ from lrm_fast.training.assembly import RunData, build_optimizer, build_policy, b
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.training.guard import Diverged, DivergenceGuard
 from lrm_fast.training.metrics import MetricsLogger
-from lrm_fast.training.update import MISMATCH_SUMS, policy_update
+from lrm_fast.training.update import MISMATCH_SUMS, policy_updates
 
 
 class GRPOTrainer:
@@ -59,7 +62,7 @@ class GRPOTrainer:
         self.sampler = PromptSampler(self.train_examples, cfg.trainer.prompts_per_step, seed=cfg.seed)
         self.backend = build_rollout(cfg, self.model, self.tokenizer)
         self.bank = self._solution_bank(data.solutions_by_id)
-        self.regimes = RegimeSchedule(cfg.regime)
+        self.regimes = RegimeSchedule(cfg.regime, seed=cfg.seed, rank=dist.rank)
         self.step_count, self.state = 0, {"elapsed_s": 0.0}
         self._start = time.perf_counter()
         self._resume()
@@ -166,7 +169,7 @@ class GRPOTrainer:
             lr = self.scheduler.get_last_lr()[0]
             self.logger.write(self.guard.bad_step(self.step_count, lr, "sampled logits", roll_back=True))
             self.backend.sync_weights(self.model)
-            return {"optim/skipped": 1.0, "optim/lr": lr, **timings}
+            return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings}
         self.guard.rollout_ok()
 
         scored = score_rollouts(
@@ -178,12 +181,13 @@ class GRPOTrainer:
             cfg.injection,
             self.bank,
             cfg.loss.advantage_scale,
+            cfg.rollout.max_new_tokens,
         )
         samples = scored.samples
         timings["time/reward_s"], tick = time.perf_counter() - tick, time.perf_counter()
 
         regime = self.regimes.regime(self.step_count)
-        apply_regime(samples, regime, cfg.regime)
+        apply_regime(samples, regime, cfg.regime, self.regimes.rng(self.step_count))
         update, lr = self._guarded_update(samples)
         timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
         self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
@@ -197,7 +201,10 @@ class GRPOTrainer:
         }
 
     def _guarded_update(self, samples):
-        """The policy update with the state before it kept for a rollback; a non-finite one is counted."""
+        """The policy update with the state before it kept for a rollback; a non-finite one is counted.
+
+        One snapshot before the first of the rollout batch's optimizer steps: a rollback undoes all of
+        them (every step of the update ran on data the rolled-back policy sampled)."""
         self.guard.snapshot()
         update, lr = self._update(self._micro_batches(samples))
         if update.skipped:
@@ -221,40 +228,58 @@ class GRPOTrainer:
         failed = torch.tensor([rollouts is None], dtype=torch.int32)
         return None if all_reduce(failed, op=torch.distributed.ReduceOp.MAX).item() else rollouts
 
-    def _micro_batches(self, samples) -> list:
-        """Token weights from the global normalisers, then micro-batches under the token budget.
+    def _micro_batches(self, samples) -> list[list[M.MicroBatch]]:
+        """The micro-batches of each mini-batch (one, the whole batch, by default), weighted with that
+        mini-batch's global normalisers.
 
         The normalisers count the regime's kept responses only with `regime.renormalise`; otherwise every
-        response counts, so a pruned step is smaller (the study's behaviour)."""
+        response counts, so a pruned step is smaller (the study's behaviour). With several mini-batches
+        each is normalised on its own, like verl's (dp_actor.py:255, 351-355), so a mini-batch's step has
+        the size of a whole batch's. Unlike verl, which cuts only the kept responses into mini-batches of
+        the configured size (fewer, full steps when a regime prunes), every rollout batch takes
+        `trainer.mini_batches` steps, each shrunk by its own kept share; the two agree when nothing is
+        pruned."""
         cfg = self.cfg
-        counted = [s for s in samples if s.regime_weight > 0] if cfg.regime.renormalise else samples
-        normalisers = B.local_normalisers(counted).all_reduce()
+        minis = M.mini_batches(samples, cfg.rollout.group_size, cfg.trainer.mini_batches)
+        counted = (
+            [[s for s in mini if s.regime_weight > 0] for mini in minis] if cfg.regime.renormalise else minis
+        )
+        normalisers = B.all_reduced([B.local_normalisers(c) for c in counted])
+        return [self._collated(mini, n) for mini, n in zip(minis, normalisers, strict=True)]
+
+    def _collated(self, samples, normalisers: B.Normalisers) -> list[M.MicroBatch]:
+        """Token weights of one mini-batch, then its micro-batches under the token budget."""
+        cfg = self.cfg
         sum_norm = cfg.loss.sum_norm_length or cfg.rollout.max_new_tokens
         B.assign_weights(samples, cfg.loss.aggregation, normalisers, sum_norm)
         packed = cfg.loss.packing  # one row per micro-batch, no padding
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         groups = M.micro_batches(samples, cfg.loss.micro_batch_tokens, packed)
+        B.weight_micro_batches(groups, cfg.loss.aggregation, sum_norm)
         batches = [M.collate(group, packed, pad_id) for group in groups]
         if cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None:
             for batch, group in zip(batches, groups, strict=True):
                 batch.sampler_logprobs = M.sampler_logprobs(group)
         return batches
 
-    def _update(self, batches):
-        """One optimizer step over `batches`; returns its result and the learning rate it used."""
+    def _update(self, mini_batches):
+        """The rollout batch's optimizer steps over `mini_batches`; returns their result and the learning
+        rate they used (the schedule steps once per rollout batch)."""
         cfg = self.cfg
         self._engine_sleep()
         with self._autocast():
-            update = policy_update(
+            update = policy_updates(
                 self.model,
                 self.ref_model,
                 self.optimizer,
-                batches,
+                mini_batches,
                 cfg.loss,
                 cfg.rollout.temperature,
                 cfg.trainer.grad_clip,
-                cfg.injection.gamma if cfg.injection.shaping else None,
-                cfg.rollout.tis_cap,
+                epochs=cfg.trainer.epochs,
+                shaping_gamma=cfg.injection.gamma if cfg.injection.shaping else None,
+                tis_cap=cfg.rollout.tis_cap,
+                clip_policy_tokens=cfg.injection.clip_policy_tokens,
             )
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -286,9 +311,11 @@ class GRPOTrainer:
             "kept": sum(s.regime_weight > 0 for s in samples),
             "injected": scored.injected,
             "shaped_groups": scored.shaped_groups,
+            **scored.counts,
         }
         summed = all_reduce(torch.tensor(list(values.values()), dtype=torch.float64)).tolist()
-        return _shares(dict(zip(values, summed, strict=True)))
+        totals = dict(zip(values, summed, strict=True))
+        return {**_shares(totals), **lever_metrics(totals)}
 
     def _generating(self):
         """Sampling with our own loop on the FSDP policy needs its parameters gathered; a vLLM engine
@@ -352,6 +379,7 @@ def _update_metrics(update, lr: float) -> dict[str, float]:
         "loss/kept_tokens": update.stats["kept_tokens"],
         "optim/grad_norm": update.grad_norm,
         "optim/skipped": float(update.skipped),
+        "optim/steps": float(update.steps),
         "optim/lr": lr,
         # Sampler vs trainer log-probs (rollout.log_mismatch / tis_cap); absent when not measured.
         **{f"rollout/{k}": update.stats[k] for k in MISMATCH_SUMS[:-1] if k in update.stats},

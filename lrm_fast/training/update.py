@@ -1,12 +1,17 @@
-"""One policy update: forward/backward over the micro-batches, then a clipped optimizer step.
+"""The policy update of one rollout batch: forward/backward over the micro-batches, clipped optimizer steps.
 
-Simplification, as in the study's runs: one optimizer step per rollout batch, so the update is exactly
-on-policy and the ratio's denominator is the current log-prob itself (old_logprobs=None: ratio 1,
-gradient -A). The sampler's own log-probs enter only when the batch carries them (rollout.log_mismatch
-or rollout.tis_cap): the mismatch is measured and, with tis_cap, each token's weight is multiplied by the
+By default (trainer.mini_batches = trainer.epochs = 1, as in the study's baseline runs) one optimizer step
+per rollout batch, so the update is exactly on-policy and the ratio's denominator is the current log-prob
+itself (old_logprobs=None: ratio 1, gradient -A). With several mini-batches or epochs (verl's
+ppo_mini_batch_size and ppo_epochs; the study's Luffy_loss.sh takes two steps per rollout batch), the
+log-probs of the policy that sampled are recorded once, before the first step (verl's compute_log_prob,
+ray_trainer.py:1000-1003): the first step's ratio is 1, and the clip and dual clip act from the second on.
+The sampler's own log-probs enter only when the batch carries them (rollout.log_mismatch or
+rollout.tis_cap): the mismatch is measured and, with tis_cap, each token's weight is multiplied by the
 truncated importance ratio between trainer and sampler (`sampler_correction`).
 """
 
+import itertools
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,11 +22,17 @@ from lrm_fast.batching.micro_batches import MicroBatch, model_inputs
 from lrm_fast.config import LossConfig
 from lrm_fast.config.choices import PackedAttention
 from lrm_fast.kernels import grpo_loss, grpo_loss_from_hidden, token_logprobs
+from lrm_fast.kernels.reference import LOG_RATIO_CLAMP
 from lrm_fast.model.attention import packed_attention
 from lrm_fast.model.fsdp import gradient_scale
 from lrm_fast.runtime import all_reduce
 
 SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy")
+
+# Clip bounds that never bind: the kernels' ratio is exp of a log-ratio clamped to +-LOG_RATIO_CLAMP, so
+# it stays inside [e^-20, e^20] and the clipped loss max(-A rho, -A clip(rho)) is -A rho. The study's
+# LUFFY loss leaves the policy's own tokens so (core_algos.py:361, its cliprange never read).
+NO_CLIP = {"clip_low": 1.0 - math.exp(-LOG_RATIO_CLAMP - 1.0), "clip_high": math.inf}
 
 
 @dataclass
@@ -30,6 +41,7 @@ class UpdateResult:
     grad_norm: float
     nonfinite: str | None  # the first non-finite quantity ("loss", ...); None: the step was taken
     stats: dict[str, float]
+    steps: int = 1  # optimizer steps behind these numbers (means over them; kept_tokens summed)
 
     @property
     def skipped(self) -> bool:
@@ -76,11 +88,14 @@ def micro_batch_loss(
     temperature: float,
     shaping_gamma: float | None = None,
     tis_cap: float | None = None,
+    clip_policy_tokens: bool = True,
 ):
     """Loss of one micro-batch (already globally normalised through batch.weights) and its stats.
 
     With `shaping_gamma`, tokens of injected responses leave the clipped loss (and its KL, entropy and
-    stats) for LUFFY's shaped term -A * p / (p + gamma), p = pi(token), unclipped (PAPER.md §5).
+    stats) for LUFFY's shaped term -A * p / (p + gamma), p = pi(token), unclipped (PAPER.md §5); with
+    `clip_policy_tokens=False` too, the other tokens' ratio is not clipped either (-A * rho: the study's
+    LUFFY loss, core_algos.py:361; a dual clip, when set, still caps them).
     With `loss_cfg.fused_head` the loss comes from the final hidden states and the head's weight
     (grpo_loss_from_hidden): the [N, V] logits of the policy never exist.
     When the batch carries the sampler's log-probs, the mismatch with the trainer's is measured and,
@@ -94,15 +109,16 @@ def micro_batch_loss(
     inputs, logits_of = _policy_forward(model, batch, loss_cfg)
     weights, mismatch = _token_weights(batch, shaped, logits_of, loss_cfg, temperature, tis_cap)
     loss_fn = grpo_loss_from_hidden if loss_cfg.fused_head else grpo_loss
+    unclipped = shaping_gamma is not None and not clip_policy_tokens
+    clip = NO_CLIP if unclipped else {"clip_low": loss_cfg.clip_low, "clip_high": loss_cfg.clip_high}
     loss, stats = loss_fn(
         *inputs,
         batch.targets,
-        None,
+        batch.old_logprobs,
         batch.advantages,
         weights,
         temperature=temperature,
-        clip_low=loss_cfg.clip_low,
-        clip_high=loss_cfg.clip_high,
+        **clip,
         dual_clip=loss_cfg.dual_clip,
         ref_logprobs=ref_logprobs,
         kl_coef=loss_cfg.kl_coef,
@@ -120,12 +136,15 @@ def micro_batch_loss(
 
 def _token_weights(batch: MicroBatch, shaped, logits_of, loss_cfg: LossConfig, temperature, tis_cap):
     """(weights [N], mismatch sums): the batch's weights without the shaped tokens, times the truncated
-    importance ratio to the sampler when the batch carries its log-probs."""
+    importance ratio to the sampler when the batch carries its log-probs. The ratio's numerator is pi_old
+    (the trainer's policy that the rollout stands for), recorded or, with one step, the current one."""
     weights = batch.weights.masked_fill(shaped, 0.0)
     mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
     if batch.sampler_logprobs is not None:
         with torch.no_grad():
-            logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
+            logp = batch.old_logprobs
+            if logp is None:
+                logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
             factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, tis_cap)
         weights = weights * factor
     return weights, mismatch
@@ -167,12 +186,13 @@ def sampler_correction(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(factor [N], sums [4]) for tokens sampled by a different engine than the trainer (vLLM).
 
-    ratio_t = p_trainer(t) / p_sampler(t) with both at the current weights (one optimizer step per
-    rollout: the trainer's value is old_logp). Truncated importance sampling (Yao et al. 2025) weights
-    each token's loss by min(ratio_t, tis_cap), so the gradient is that of the trainer's policy although
-    the tokens came from the sampler's; the cap bounds its variance. Tokens without a sampler log-prob
-    (NaN: injected solutions) keep factor 1 and stay out of the sums (|delta logp|, ratio, truncated,
-    count), which the caller adds up over micro-batches and ranks.
+    ratio_t = p_trainer(t) / p_sampler(t) with both at the weights that sampled (the trainer's value is
+    old_logp: the current policy's with one optimizer step per rollout batch, else the recorded pi_old).
+    Truncated importance sampling (Yao et al. 2025) weights each token's loss by min(ratio_t, tis_cap),
+    so the gradient is that of the trainer's policy although the tokens came from the sampler's; the cap
+    bounds its variance. Tokens without a sampler log-prob (NaN: injected solutions) keep factor 1 and
+    stay out of the sums (|delta logp|, ratio, truncated, count), which the caller adds up over
+    micro-batches and ranks.
     """
     known = ~torch.isnan(sampler_logp)
     delta = torch.where(known, trainer_logp.float() - sampler_logp, 0.0)
@@ -216,6 +236,7 @@ def policy_update(
     grad_clip: float,
     shaping_gamma: float | None = None,
     tis_cap: float | None = None,
+    clip_policy_tokens: bool = True,
 ):
     """Accumulate gradients over `batches` and take one optimizer step.
 
@@ -236,7 +257,7 @@ def policy_update(
         # Over the backward too: activation checkpointing re-runs the forward there.
         with attention_for(model, batch, loss_cfg.packed_attention):
             loss, stats = micro_batch_loss(
-                model, ref_model, batch, loss_cfg, temperature, shaping_gamma, tis_cap
+                model, ref_model, batch, loss_cfg, temperature, shaping_gamma, tis_cap, clip_policy_tokens
             )
             (loss * gradient_scale()).backward()
             kept = stats["kept_tokens"].item()
@@ -247,6 +268,70 @@ def policy_update(
     loss = totals[-1].item()
     grad_norm, nonfinite = _clipped_step(model, optimizer, grad_clip, loss_finite=math.isfinite(loss))
     return UpdateResult(loss, grad_norm, nonfinite, _mean_stats(totals, mismatch))
+
+
+def policy_updates(
+    model,
+    ref_model,
+    optimizer,
+    mini_batches: list[list[MicroBatch]],
+    loss_cfg: LossConfig,
+    temperature: float,
+    grad_clip: float,
+    *,
+    epochs: int = 1,
+    shaping_gamma: float | None = None,
+    tis_cap: float | None = None,
+    clip_policy_tokens: bool = True,
+) -> UpdateResult:
+    """The update of one rollout batch: `epochs` passes over its mini-batches (each a list of micro-batches
+    with its own normalisers), one `policy_update` per mini-batch, as verl's update_policy
+    (dp_actor.py:255-366).
+
+    With more than one step, pi_old is recorded first (`record_old_logprobs`). The first step that is not
+    clean (skipped, or non-finite parameters after it) ends the update: the caller's guard then rolls back
+    to the state before the first step, or keeps the clean steps before a skipped one. The result holds
+    the means over the steps taken (one step: its own result, unchanged).
+    """
+    if len(mini_batches) * epochs > 1:
+        record_old_logprobs(model, [b for mini in mini_batches for b in mini], loss_cfg, temperature)
+    settings = (loss_cfg, temperature, grad_clip, shaping_gamma, tis_cap, clip_policy_tokens)
+    results = []
+    for batches in itertools.chain.from_iterable(itertools.repeat(mini_batches, epochs)):
+        results.append(policy_update(model, ref_model, optimizer, batches, *settings))
+        if results[-1].skipped:
+            break
+    return _combined(results)
+
+
+@torch.no_grad()
+def record_old_logprobs(model, batches: list[MicroBatch], loss_cfg: LossConfig, temperature: float) -> None:
+    """Set every micro-batch's old_logprobs [N] to the current policy's log-probs of its response tokens
+    (one forward each, no graph): pi_old of every optimizer step of the rollout batch."""
+    device = _device_of(model)
+    for i in range(_agreed_count(len(batches))):
+        if i >= len(batches):  # FSDP: the same forwards (collectives) on every rank
+            model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
+            continue
+        batch = _to_device(batches[i], device)
+        _, logits_of = _policy_forward(model, batch, loss_cfg)
+        batches[i].old_logprobs = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
+
+
+def _combined(results: list[UpdateResult]) -> UpdateResult:
+    """Several optimizer steps as one result: loss and gradient norm averaged over the steps, the stats
+    over the steps that carried tokens (an empty mini-batch has none to measure), each over the steps
+    that report it (the sampler mismatch needs sampled tokens), kept_tokens summed; `nonfinite` is the
+    last step's (the one that ended the update)."""
+    if len(results) == 1:
+        return results[0]
+    mean = lambda values: sum(values) / len(values)
+    carried = [r for r in results if r.stats["kept_tokens"] > 0] or results
+    keys = dict.fromkeys(key for r in carried for key in r.stats)
+    stats = {key: mean([r.stats[key] for r in carried if key in r.stats]) for key in keys}
+    stats["kept_tokens"] = sum(r.stats["kept_tokens"] for r in results)
+    loss, grad_norm = mean([r.loss for r in results]), mean([r.grad_norm for r in results])
+    return UpdateResult(loss, grad_norm, results[-1].nonfinite, stats, steps=len(results))
 
 
 def _clipped_step(model, optimizer, grad_clip: float, loss_finite: bool) -> tuple[float, str | None]:

@@ -25,7 +25,12 @@ def _loss_and_grad(model, batches, loss_cfg=LOSS, shaping_gamma=None, ref_model=
     return total, flat_grad(model)
 
 
-@pytest.mark.parametrize("aggregation", list(Aggregation))
+# Exempt: verl's micro-batch weighting (the study's) scales each micro-batch by its share of sequences, so
+# its loss depends on the cut by design (tests/batching/test_study_aggregations.py checks it differs).
+SPLIT_INVARIANT = [a for a in Aggregation if a not in B.MICRO_BATCH_WEIGHTED]
+
+
+@pytest.mark.parametrize("aggregation", SPLIT_INVARIANT)
 @pytest.mark.parametrize("token_budget", [16, 40, 100, 10_000], ids=lambda t: f"budget{t}")
 def test_micro_batches_match_the_whole_batch(aggregation, token_budget):
     model = tiny_model()

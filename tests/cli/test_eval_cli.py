@@ -32,6 +32,7 @@ from lrm_fast.evaluation.adaptive import adaptive_interval, round_counts
 from lrm_fast.evaluation.benchmarks import load_benchmark, load_benchmark_file
 from lrm_fast.evaluation.multi_round import evaluate, new_entry, stored_settings, summarize
 from lrm_fast.evaluation.stats import AdaptiveState, adaptive_estimate, bootstrap_ci, score_standard_error
+from lrm_fast.evaluation.variance import paired_comparison, problem_results
 from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
 from lrm_fast.rollout import Rollout
 from lrm_fast.rollout.hf import HFRolloutBackend
@@ -482,3 +483,31 @@ def _rounds_done(path) -> int:
         return len(json.loads(path.read_text())["benchmarks"]["arithmetic"]["rounds"])
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         return 0
+
+
+def test_eval_cli_with_the_builtin_attack_prints_the_paired_table(tiny_model_dir, env, tmp_path):
+    command = _eval_command(
+        tiny_model_dir, tmp_path / "out", *QUICK, "max_rounds=1", "perturbation.name=arithmetic_add_one"
+    )
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((tmp_path / "out" / "results.json").read_text())
+    clean, attacked = run["benchmarks"]["arithmetic"], run["benchmarks"]["arithmetic+attack"]
+    assert clean["settings"]["perturbation"] is None
+    assert attacked["settings"]["perturbation"]["source"] == "arithmetic_add_one x 4"
+    assert [p["id"] for p in attacked["problems"]] == [p["id"] for p in clean["problems"]]
+    # Both entries follow the same protocol: the table has a row for each.
+    table = result.stdout[result.stdout.index("benchmark  ") :]
+    for name in ("arithmetic", "arithmetic+attack"):
+        assert any(line.split()[:4] == [name, "16", "32", "1"] for line in table.splitlines())
+    # The paired section: perturbed - clean on the stored per-problem counts, as eval-compare computes it.
+    expected = paired_comparison(*(problem_results(entry) for entry in (clean, attacked)))
+    section = result.stdout[result.stdout.index("robustness: perturbed (arithmetic_add_one x 4") :]
+    row = next(line for line in section.splitlines() if line.startswith("arithmetic "))
+    assert row.split()[1:5] == [
+        "16",
+        f"{100 * expected.score_a:.2f}",
+        f"{100 * expected.score_b:.2f}",
+        f"{100 * expected.difference:+.2f}",
+    ]
+    assert run["robustness"]["arithmetic"]["ci_low"] == pytest.approx(expected.ci_low)

@@ -20,7 +20,6 @@ GROUP_OPTIONS = sorted(
     for option in group.glob("*.yaml")
 )
 EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
-PATHS = ["model.path=/models/x", "data.train_path=x.jsonl"]
 REQUIRED = {("model", "pretrained"): ["model.path=/models/x"], ("data", "file"): ["data.train_path=x.jsonl"]}
 
 
@@ -63,34 +62,14 @@ def test_check_inputs_names_what_is_missing(change, message):
         check_inputs(cfg)
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_study_experiments_carry_the_paper_settings(experiment):
-    cfg = _compose([f"+experiment={experiment}", *PATHS])
-    assert (cfg.model.name, cfg.model.path, cfg.data.name) == ("pretrained", "/models/x", "file")
-    assert (cfg.trainer.lr, cfg.trainer.prompts_per_step, cfg.trainer.weight_decay) == (1e-6, 64, 0.01)
-    assert (cfg.rollout.temperature, cfg.rollout.top_p, cfg.loss.clip_low, cfg.loss.clip_high) == (
-        0.6,
-        1,
-        0.2,
-        0.2,
-    )
-    stage = {"continue_16k": (16, 16384), "continue_24k": (16, 24576), "osi_24k": (16, 24576)}
-    assert (cfg.rollout.group_size, cfg.rollout.max_new_tokens) == stage.get(experiment, (8, 8192))
-    rlr = experiment == "rlr_8k"
-    assert (cfg.loss.kl_coef, cfg.loss.entropy_coef) == ((0.0, 0.0) if rlr else (0.001, 0.001))
-    assert cfg.reward.name == ("rlr" if rlr else "binary")
-    assert (cfg.reward.tau, cfg.reward.b, cfg.reward.lo, cfg.reward.hi) == (0.75, 500, -0.5, 1.0)
-    regime = {"positive_8k": "positive", "negative_8k": "negative"}.get(experiment, "full")
-    assert (cfg.regime.name, cfg.regime.renormalise) == (regime, False)
-    osi = experiment == "osi_24k"
-    assert (cfg.injection.name, cfg.injection.shaping) == (("osi", True) if osi else ("none", False))
-    assert (cfg.injection.alpha, cfg.injection.gamma) == (0.125, 0.1)
+# Every setting of the study's experiments against its scripts: tests/config/test_study_parity.py.
 
 
 # Where each run starts without model.path: the 8k runs from the study's model in the HF cache, RLR from
-# DeepScaleR-1.5B-Preview (PAPER.md §4); later stages (None) need the previous stage's export.
-STARTING_MODEL = {"rlr_8k": "agentica-org/DeepScaleR-1.5B-Preview"} | dict.fromkeys(
-    ("continue_16k", "continue_24k", "osi_24k"), None
+# and OSI from DeepScaleR-1.5B-Preview (PAPER.md §4, §5); later stages (None) need the previous stage's
+# export.
+STARTING_MODEL = dict.fromkeys(("rlr_8k", "osi_24k"), "agentica-org/DeepScaleR-1.5B-Preview") | dict.fromkeys(
+    ("continue_16k", "continue_24k"), None
 )
 
 
@@ -158,7 +137,11 @@ def test_validate_names_the_bad_value(change, message):
 @pytest.mark.parametrize(
     ("override", "valid"),
     [
-        ("loss.aggregation=sum", "token_mean, seq_mean_token_mean, seq_mean_token_sum_norm"),
+        (
+            "loss.aggregation=sum",
+            "token_mean, seq_mean_token_mean, seq_mean_token_sum_norm, token_sum, micro_batch_token_mean, "
+            "micro_batch_token_sum",
+        ),
         ("loss.packed_attention=xformers", "auto, sdpa, varlen, flash"),
         ("loss.backend=cuda", "auto, triton, torch"),
         ("cold_start.schedule=linear", "constant, cosine"),

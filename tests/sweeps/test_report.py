@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from lrm_fast.cli.report import main as report_main
-from lrm_fast.sweeps.report import PLOT_NAMES, build_report, find_runs, group_runs, moving_average
+from lrm_fast.sweeps.figures import PLOT_NAMES, moving_average
+from lrm_fast.sweeps.report import build_report
+from lrm_fast.sweeps.runs import find_runs, group_runs
 from lrm_fast.training.metrics import read_metrics
 
 COMMON = ["trainer=smoke", "eval.problems=16"]
@@ -149,6 +151,109 @@ def test_report_cli_prints_the_table_and_writes_the_files(tmp_path, capsys):
     assert "| `regime=negative` | 2 | 10 | 70.0 ± 14.1 | 60.0–80.0 |" in printed
     for name in ("report.md", "report.json", *PLOT_NAMES):
         assert (sweep / "report" / name).stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------- headline quantities
+
+
+def _eval_entry(outcomes: dict[int, list[list[bool]]], perturbation: dict | None = None) -> dict:
+    """A benchmark entry of a run file: outcomes[round] lists every problem's samples of that round."""
+    num_problems = len(outcomes[0])
+    problems = [
+        {"id": str(i), "samples": [{"round": r, "correct": ok} for r in outcomes for ok in outcomes[r][i]]}
+        for i in range(num_problems)
+    ]
+    rounds = [{}] * len(outcomes)
+    summary = {"pass_at_k": [0.75]}  # read for the pass@k column only
+    return {
+        "settings": {"perturbation": perturbation},
+        "problems": problems,
+        "rounds": rounds,
+        "summary": summary,
+    }
+
+
+def _write_eval(path: Path, entries: dict[str, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": 1, "benchmarks": entries}))
+
+
+# Problem 0: half right in both rounds (n = 2 + 2); problem 1: always right (n = 2 + 6). Round budgets
+# 4 and 8 give weights 1/3 and 2/3, so problem 0's effective n is 1 / ((1/3)^2/2 + (2/3)^2/2) = 18/5,
+# and problem 1 has s^2 = 0: Var_k / Var_1 = (s0^2 / (18/5)) / (s0^2 / 2) = 5/9, a change of -4/9.
+TWO_ROUNDS = {0: [[True, False], [True, True]], 1: [[True, False], [True] * 6]}
+
+
+def _headline_sweep(root: Path) -> Path:
+    """regime=full (seeds 0, 1) and regime=negative (seeds 0, 1, 2), constant metrics per run."""
+    values = {  # (regime, seed): (zero-adv ratio, correct length, sampled length)
+        ("full", 0): (0.5, 20.0, 30.0),
+        ("full", 1): (0.4, 25.0, 34.0),
+        ("negative", 0): (0.3, 15.0, 22.0),
+        ("negative", 1): (0.2, 20.0, 26.0),
+        ("negative", 2): (0.27, 18.0, 24.0),
+    }
+    for job, ((regime, seed), (zero_adv, correct, sampled)) in enumerate(values.items()):
+        rows = [
+            {**_row(step, zero_adv=zero_adv, correct_len=correct), "length/response_mean": sampled}
+            for step in range(1, 11)
+        ]
+        run = _make_run(root / str(job), seed, regime, rows, final=0.5)
+        if regime == "negative":
+            _write_eval(run / "eval" / "final.json", {"heldout": _eval_entry({0: TWO_ROUNDS[0]})})
+            attacked = _eval_entry(TWO_ROUNDS, {"label": "attack"})  # perturbed: never the final evaluation
+            entries = {"arithmetic+attack": attacked, "arithmetic": _eval_entry(TWO_ROUNDS)}
+            _write_eval(run / "eval_final" / "results.json", entries)
+    return root
+
+
+def test_headline_quantities_by_hand(tmp_path):
+    report = build_report([_headline_sweep(tmp_path / "sweep")], tmp_path / "out")
+    assert report["baseline"] == {"label": "regime=full", "reason": "the first configuration in job order"}
+    full, negative = report["headline"]
+    assert full["baseline"] and full["zero_adv_change"]["values"] == [0.0, 0.0]
+    # Seeds 0 and 1 against the baseline's own seeds, seed 2 against its mean (0.45 and 22.5).
+    assert negative["zero_adv_change"]["values"] == pytest.approx(
+        [0.3 / 0.5 - 1, 0.2 / 0.4 - 1, 0.27 / 0.45 - 1]
+    )
+    assert negative["zero_adv_change"]["mean"] == pytest.approx((-0.4 - 0.5 - 0.4) / 3)
+    assert (negative["zero_adv_change"]["min"], negative["zero_adv_change"]["max"]) == pytest.approx(
+        (-0.5, -0.4)
+    )
+    assert negative["length_correct_change"]["values"] == pytest.approx([-0.25, -0.2, -0.2])
+    assert negative["length_sampled_last"]["mean"] == pytest.approx(24.0)
+    assert full["length_sampled_last"]["mean"] == pytest.approx(32.0)
+    # The lrm-fast-eval results.json (2 rounds) wins over the trainer's one-round eval/final.json.
+    assert negative["eval_rounds"]["values"] == [2, 2, 2]
+    assert negative["eval_variance_change"]["values"] == pytest.approx([-4 / 9] * 3)
+    assert full["eval_variance_change"]["mean"] is None  # no evaluation file at all
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "| `regime=negative` | 3 | 25.7 ± 5.1 | -43.3 ± 5.8 [-50.0, -40.0] |" in table
+    assert "| -44.4 ± 0.0 [-44.4, -44.4] |" in table
+
+
+def test_headline_baseline_choice(tmp_path, capsys):
+    sweep = _headline_sweep(tmp_path / "sweep")
+    by_path = build_report([sweep], tmp_path / "a", baseline=str(sweep / "2"))  # job 2: regime=negative
+    assert by_path["baseline"]["label"] == "regime=negative"
+    assert by_path["headline"][0]["zero_adv_change"]["values"] == pytest.approx(
+        [0.5 / 0.3 - 1, 0.4 / 0.2 - 1]
+    )
+    by_label = build_report([sweep], tmp_path / "b", baseline="regime=negative")
+    assert by_label["headline"] == by_path["headline"]
+    with pytest.raises(ValueError, match="runs must belong to one configuration, found 2"):
+        build_report([sweep], tmp_path / "c", baseline=str(sweep))
+    with pytest.raises(SystemExit, match="neither a run directory nor a configuration"):
+        report_main([str(sweep), "--baseline", "regime=positive"])
+    # A configuration that only has the shared overrides is the sweep's default: it is the baseline.
+    rows = [_row(step) for step in range(1, 3)]
+    for name, overrides in (("a", ["+x=1"]), ("b", [])):
+        run = _make_run(tmp_path / "own" / name, 0, "full", rows, final=0.5)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*COMMON, *overrides]))
+    report_main([str(tmp_path / "own")])
+    printed = capsys.readouterr().out
+    assert "baseline: (common settings) (the configuration without overrides of its own)" in printed
+    assert "| `(common settings)` (baseline) | 1 |" in printed
 
 
 # ---------------------------------------------------------------------------------- real multirun
