@@ -73,6 +73,8 @@ class PolicyTerms(NamedTuple):
     stats: dict[str, torch.Tensor]
 
 
+# Over the size budget by its per-argument shape notes and the three terms (clipped loss, KL, entropy)
+# assembled in one place, as the reference reads them.
 def policy_terms(
     logp: torch.Tensor,  # [N]
     entropy: torch.Tensor,  # [N]

@@ -44,6 +44,7 @@ CACHE_VERSION = 4
 cold start contains, so that old caches are not reused."""
 
 
+# At the size budget: set-up checks, then the loop; split, the loop would need them passed back in.
 def run_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -80,6 +80,8 @@ def response_hidden(
     return out.hidden_states[-1][batch.row, batch.position]
 
 
+# Over the size budget by its docstring and its arguments: the one place a micro-batch's loss is assembled
+# (logits or fused head, clipped or shaped tokens, reference KL), kept whole so the paths read side by side.
 def micro_batch_loss(
     model,
     ref_model,
