@@ -127,7 +127,7 @@ BAD_CONFIGS = {
         ["data=file", "data.train_path=/nonexistent/train.jsonl"],
         "/nonexistent/train.jsonl",
     ),
-    "bad_choice": (["loss.aggregation=token_sum"], "loss.aggregation"),
+    "bad_choice": (["loss.aggregation=token_product"], "loss.aggregation"),
 }
 
 

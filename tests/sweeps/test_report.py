@@ -323,6 +323,7 @@ def test_report_of_a_real_tiny_multirun(tmp_path):
         assert c["pass_at_k"]["mean"] == pytest.approx(np.mean([d["pass_at_k"] for d in direct], axis=0))
         mean, std = 100 * c["final_accuracy"]["mean"], 100 * c["final_accuracy"]["std"]
         assert f"| `{c['label']}` | 2 | 4 | {mean:.1f} ± {std:.1f} |" in table
-    assert sum(line.startswith("| `regime=") for line in table.splitlines()) == 2
+    # One row per configuration in the main table and in the headline table.
+    assert sum(line.startswith("| `regime=") for line in table.splitlines()) == 4
     for name in PLOT_NAMES:
         assert (tmp_path / "report" / name).stat().st_size > 10_000
