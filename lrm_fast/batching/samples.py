@@ -14,7 +14,9 @@ the loss of the whole mini-batch at once.
 
 L_i is response i's length, S the number of responses and C a constant length, all over the full
 mini-batch (responses that are not forwarded still count: dropping them changes no other response's
-weight). The sample regime then multiplies w_i by its factor (lrm_fast/levers/regimes.py).
+weight), except responses removed by overlong filtering (`filtered`: weight 0, and uncounted, as DAPO's
+token-level loss leaves them out of its mask). The sample regime then multiplies w_i by its factor
+(lrm_fast/levers/regimes.py).
 
 The study's verl weights each micro-batch m (s_m sequences, T_m response tokens) by its share of the
 mini-batch's S sequences (use_dynamic_bsz, dp_actor.py:351-353), on top of core_algos.py's per micro-batch
@@ -51,6 +53,7 @@ class Sample:
     zero_variance: bool = False
     injected: bool = False  # a stored solution put in by offline sample injection
     regime_weight: float = 1.0  # the sample regime's factor (0: dropped; lrm_fast/regimes.py)
+    filtered: bool = False  # out of the loss and its normalisers (DAPO's overlong filtering)
     weight: float = 0.0  # aggregation weight of each of its tokens, times regime_weight
     forward: bool = True  # False: carries no gradient, skipped before the model
     sampler_logprobs: list[float] | None = None  # the rollout engine's log-probs (None: injected)
@@ -97,7 +100,9 @@ def all_reduced(normalisers: list[Normalisers]) -> list[Normalisers]:
 
 
 def local_normalisers(samples: list[Sample]) -> Normalisers:
-    return Normalisers(float(len(samples)), float(sum(len(s.response_ids) for s in samples)))
+    """Responses and response tokens the weights divide by; filtered responses do not count."""
+    counted = [s for s in samples if not s.filtered]
+    return Normalisers(float(len(counted)), float(sum(len(s.response_ids) for s in counted)))
 
 
 def assign_weights(
@@ -118,7 +123,7 @@ def assign_weights(
             s.weight = 1.0 / sum_norm_length
         else:
             s.weight = 1.0 / max(normalisers.num_responses, 1.0)
-        s.weight *= s.regime_weight
+        s.weight *= 0.0 if s.filtered else s.regime_weight
 
 
 def weight_micro_batches(

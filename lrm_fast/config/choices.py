@@ -97,6 +97,33 @@ class Injection(Choice):
     osi = "osi"
 
 
+class Truncated(Choice):
+    """What becomes of a response that fills the response window (lrm_fast/levers/scoring.py)."""
+
+    keep = "keep"  # trained like any other
+    mask = "mask"  # the study's mask_truncated_samples: advantage 0 if incorrect and repetition-penalised
+    filter = "filter"  # DAPO's overlong filtering: out of the loss and its normalisers if it has no EOS
+
+
+class Sampling(Choice):
+    static = "static"  # B prompts per step, every group trained
+    dynamic = "dynamic"  # DAPO's dynamic sampling: refill rounds until B informative groups
+
+
+class Informative(Choice):
+    """Which groups dynamic sampling keeps, judged on the final groups (after injection and rewards)."""
+
+    reward = "reward"  # the final rewards vary (RLR can make an all-correct group informative)
+    correctness = "correctness"  # correct and incorrect responses both present (DAPO's metric=acc)
+
+
+class ShortBatch(Choice):
+    """What dynamic sampling trains on when its rounds end with fewer than B informative groups."""
+
+    fewer = "fewer"  # only the informative groups found
+    pad = "pad"  # topped up to B groups with zero-variance ones, in sampling order
+
+
 class LRSchedule(Choice):
     constant = "constant"
     cosine = "cosine"

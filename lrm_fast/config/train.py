@@ -13,6 +13,7 @@ from lrm_fast.config.choices import (
     Aggregation,
     AttnImplementation,
     DataSource,
+    Informative,
     Injection,
     LRSchedule,
     MixedPrecision,
@@ -21,8 +22,11 @@ from lrm_fast.config.choices import (
     Regime,
     Reward,
     RolloutEngine,
+    Sampling,
     SecondPhase,
     SelectBy,
+    ShortBatch,
+    Truncated,
 )
 from lrm_fast.config.evaluate import EvalProtocol
 from lrm_fast.kernels import Backend
@@ -226,11 +230,17 @@ class RewardConfig:
     # (deepscaler.py:110-142; its defaults: off, -0.5, 40).
     repetition_penalty: float = 0.0
     repetition_ngram: int = 40
-    # Advantage 0 for an incorrect response that filled the whole response window and carries a
-    # repetition penalty (the group's mean and std still count it), so a long looping answer is neither
-    # pushed down nor up. Needs repetition_penalty < 0. Study: mask_truncated_samples=True in Luffy_loss.sh:41
-    # (core_algos.py:156-161).
-    mask_truncated: bool = False
+    # Responses that fill the response window (rollout.max_new_tokens), one implementation with two rules
+    # (lrm_fast/levers/scoring.py). mask: advantage 0 for an incorrect one that carries a repetition
+    # penalty (still in the normalisers; needs repetition_penalty < 0); the study's
+    # mask_truncated_samples=True in Luffy_loss.sh:41 (core_algos.py:156-161). filter: every one without a
+    # final EOS leaves the loss and its normalisers (DAPO's overlong filtering). The group's mean and std
+    # count them under both rules.
+    truncated: Truncated = Truncated.keep
+    # DAPO's soft overlong punishment, added to every response's reward: 0 up to L_max - overlong_buffer
+    # tokens, then falling linearly to -overlong_penalty at L_max = rollout.max_new_tokens (0: off).
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
 
 
 @dataclass
@@ -255,6 +265,22 @@ class InjectionConfig:
     # study's LUFFY loss, -A * rho unclipped (core_algos.py:361; Luffy_loss.sh's clip_ratio 0.35 is never
     # read there). Acts only with shaping.
     clip_policy_tokens: bool = True
+
+
+@dataclass
+class SamplingConfig:
+    """Which sampled groups a step trains on (lrm_fast/levers/dynamic_sampling.py)."""
+
+    name: Sampling = Sampling.static  # dynamic: DAPO's dynamic sampling
+    # dynamic: each round samples ceil(oversample * B) prompts; rounds stop once B informative groups are
+    # found or after max_rounds. DAPO's recipe: gen_batch_size = 3 * train_batch_size, max_num_gen_batches.
+    oversample: float = 1.0
+    max_rounds: int = 4
+    informative: Informative = Informative.reward  # judged after rewards, RLR and OSI
+    # fewer: train on the informative groups found (zero-variance groups carry no policy gradient; padding
+    # with them only shrinks the step through the normalisers). pad: top up to B groups with zero-variance
+    # ones, so the normalisers count B groups as in a static step.
+    when_short: ShortBatch = ShortBatch.fewer
 
 
 @dataclass
@@ -301,6 +327,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: str | None = None  # run directory of a killed run to continue
     mixed_precision: MixedPrecision = MixedPrecision.auto
+    # Stop after the step whose cumulative generated response tokens reach this many (null: `steps` only):
+    # compares configurations at an equal rollout-token budget. The schedule still counts `steps`.
+    token_budget: int | None = None
     num_threads: int = 0  # torch intra-op threads on CPU (0: torch's default; the tiny model runs best on 1)
     progress_bar: bool = True
 
@@ -318,5 +347,6 @@ class TrainConfig:
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

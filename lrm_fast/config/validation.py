@@ -4,9 +4,10 @@ Choices need no check here: their enums (lrm_fast/config/choices.py) already ref
 the config is composed. Every error is a ValueError (FileNotFoundError for a missing file) naming the key.
 """
 
+import math
 from pathlib import Path
 
-from lrm_fast.config.choices import DataSource, Injection, ModelSource, Regime
+from lrm_fast.config.choices import DataSource, Injection, ModelSource, Regime, Sampling, Truncated
 from lrm_fast.config.datasets import check_source
 from lrm_fast.config.evaluate import BUILTIN_BENCHMARKS, BenchmarkConfig, EvalAppConfig, EvalProtocol
 from lrm_fast.config.train import DifficultyConfig, TrainConfig
@@ -128,14 +129,40 @@ def _validate_levers(cfg: TrainConfig) -> None:
     penalty = reward.repetition_penalty
     _check(penalty <= 0, "reward.repetition_penalty", "<= 0 (0: off)", penalty)
     _positive("reward.repetition_ngram", reward.repetition_ngram)
-    if reward.mask_truncated and penalty == 0:
+    if reward.truncated == Truncated.mask and penalty == 0:
         # The study masks only responses that carry a repetition penalty: without one it masks nothing.
-        raise ValueError("reward.mask_truncated needs reward.repetition_penalty < 0, got 0")
+        raise ValueError("reward.truncated=mask needs reward.repetition_penalty < 0, got 0")
+    window = cfg.rollout.max_new_tokens
+    buffer_ok = 0 <= reward.overlong_buffer < window
+    _check(
+        buffer_ok,
+        "reward.overlong_buffer",
+        f"in [0, rollout.max_new_tokens ({window})) (0: off)",
+        reward.overlong_buffer,
+    )
+    _at_least("reward.overlong_penalty", reward.overlong_penalty, 0)
+    _validate_sampling(cfg)
     injection = cfg.injection
     _check(0 <= injection.alpha < 1, "injection.alpha", "in [0, 1)", injection.alpha)
     if injection.cap is not None:
         _at_least("injection.cap", injection.cap, 1, " (or null: no cap)")
     _positive("injection.gamma", injection.gamma)
+
+
+def _validate_sampling(cfg: TrainConfig) -> None:
+    sampling = cfg.sampling
+    _at_least("sampling.oversample", sampling.oversample, 1)
+    _at_least("sampling.max_rounds", sampling.max_rounds, 1)
+    if cfg.data.name == DataSource.arithmetic:  # a file dataset's size is checked once it is read
+        prompts = round_prompts(cfg)
+        requirement = f"at most data.train_problems ({cfg.data.train_problems}) prompts per round"
+        _check(prompts <= cfg.data.train_problems, "sampling.oversample", requirement, sampling.oversample)
+
+
+def round_prompts(cfg: TrainConfig) -> int:
+    """Prompts one sampling round draws: B, or ceil(oversample * B) under dynamic sampling."""
+    B = cfg.trainer.prompts_per_step
+    return B if cfg.sampling.name == Sampling.static else math.ceil(cfg.sampling.oversample * B)
 
 
 def _validate_regime(cfg: TrainConfig) -> None:
@@ -165,6 +192,8 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     _at_least("trainer.max_bad_steps", trainer.max_bad_steps, 1)
     _at_least("trainer.mini_batches", trainer.mini_batches, 1)
     _at_least("trainer.epochs", trainer.epochs, 1)
+    if trainer.token_budget is not None:
+        _positive("trainer.token_budget", trainer.token_budget)
     # Equal mini-batches of whole groups, as verl's (its train_batch_size is a multiple of the mini-batch).
     divides = trainer.prompts_per_step % trainer.mini_batches == 0
     requirement = f"a divisor of trainer.prompts_per_step ({trainer.prompts_per_step})"

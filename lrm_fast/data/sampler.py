@@ -3,7 +3,8 @@
 Batches of distinct prompts come from a per-epoch permutation that depends only on (seed, epoch), so the
 sampler's whole state is (epoch, position) and a resumed run draws exactly the batches the interrupted
 run would have drawn. Simplification: the last incomplete batch of each epoch is dropped (every batch has
-the same size, as the group statistics and learning rate assume).
+the same size, as the group statistics and learning rate assume). Dynamic sampling's rounds draw batches of
+their own size from the same order.
 """
 
 from collections.abc import Sequence
@@ -38,13 +39,19 @@ class PromptSampler:
         # Seeded by (seed, epoch) alone, so no generator state needs saving.
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
 
-    def next_batch(self) -> list[PromptExample]:
-        if self.position + self.batch_size > len(self.examples):
+    def next_batch(self, size: int | None = None) -> list[PromptExample]:
+        """The next `size` examples (default: batch_size); a new epoch starts when fewer are left."""
+        size = self.batch_size if size is None else size
+        if not 1 <= size <= len(self.examples):
+            raise ValueError(
+                f"size must be in [1, {len(self.examples)}] (the number of examples), got {size}"
+            )
+        if self.position + size > len(self.examples):
             self.epoch += 1
             self.position = 0
             self._order = self._permutation(self.epoch)
-        indices = self._order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
+        indices = self._order[self.position : self.position + size]
+        self.position += size
         return [self.examples[index] for index in indices]
 
     def state_dict(self) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Rewards of a step's responses: binary correctness, or the Relative Length Reward (PAPER.md §4), and
-optionally the repetition reward added to either (PAPER.md §5).
+optionally the repetition reward (PAPER.md §5) and DAPO's soft overlong punishment added to either.
 
 RLR puts the too-easy groups to work. For a group whose accuracy p_g is at least tau, every correct
 response i gets
@@ -21,6 +21,16 @@ n-grams are (w_j, ..., w_{j+n-1}) for j = 1..m-n+1, and an incorrect response ge
 so a response of all-distinct n-grams loses nothing and one that repeats a single n-gram loses almost
 all of |repetition_penalty| (study: -2 with n = 40). As in the study the text is the decoded prompt
 followed by the response, special tokens included, and correct responses are never penalised.
+
+DAPO's soft overlong punishment (Yu et al. 2025, eq. 13) gives every response of length L, correct or
+not, with L_max the response window and L_cache the buffer before it,
+
+    r_i += 0                                    L <= L_max - L_cache
+    r_i += (L_max - L_cache - L) / L_cache * p   L_max - L_cache < L <= L_max
+
+falling from 0 to -p (overlong_penalty; DAPO: 1) over the last L_cache tokens. A response cannot exceed
+L_max here (generation stops there), so DAPO's -1 beyond it never applies; verl's DAPO reward manager
+computes the same min(-(L - (L_max - L_cache)) / L_cache * p, 0).
 """
 
 from dataclasses import dataclass
@@ -72,3 +82,11 @@ def repetition_penalties(texts: list[str], correct: list[bool], n: int, max_pena
         distinct, total = (0, 0) if is_correct else distinct_ngrams(text, n)
         penalties.append((1 - distinct / total) * max_penalty if total else 0.0)
     return penalties
+
+
+def overlong_penalties(lengths: list[int], max_length: int, buffer: int, penalty: float) -> list[float]:
+    """DAPO's soft overlong punishment of each response length (see the module docstring)."""
+    if not 0 < buffer < max_length:
+        raise ValueError(f"the overlong buffer must be in (0, {max_length}), got {buffer}")
+    expected = max_length - buffer
+    return [min(-(length - expected) / buffer * penalty, 0.0) for length in lengths]

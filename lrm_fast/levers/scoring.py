@@ -3,29 +3,40 @@
     grade (0/1 correctness) -> zero-variance counts "before"
       -> offline sample injection into too-hard groups (injection=osi; the injected responses are graded too)
       -> rewards: binary, or RLR on the too-easy groups (reward=rlr), plus the repetition reward of
-         incorrect responses (reward.repetition_penalty)
+         incorrect responses (reward.repetition_penalty) and DAPO's soft overlong punishment
+         (reward.overlong_buffer)
       -> group-relative advantages on the full groups -> zero-variance counts "after"
-      -> truncation masking (reward.mask_truncated): advantage 0 for masked responses
+      -> truncated responses (reward.truncated): masked or filtered
 
 Both levers act on the final groups in that order: OSI first, so RLR sees a group's real lengths.
 
-Truncation masking is the study's mask_truncated_samples (core_algos.py:156-161): a response is masked
-when it is incorrect, fills the whole response window (its length, a final EOS included, equals
-rollout.max_new_tokens: the study's `eos_mask.sum() == response_length`) and has a non-zero repetition
-penalty. Its reward still enters its group's mean and std; only its own advantage becomes 0, so it
-carries no policy gradient (it still counts in the normalisers and its KL and entropy terms), and its
-group's zero-variance flag is unchanged.
+Truncated responses, one implementation with two rules. A response is truncated when it fills the whole
+response window: its length, a final EOS included, equals rollout.max_new_tokens (the study's
+`eos_mask.sum() == response_length`). Its reward enters its group's mean and std under both rules, and
+its group's zero-variance flag is unchanged; then
+
+    mask    (the study's mask_truncated_samples, core_algos.py:156-161) if it is also incorrect and has a
+            non-zero repetition penalty: advantage 0, so no policy gradient; it still counts in the
+            normalisers and in its KL and entropy terms;
+    filter  (DAPO's overlong filtering) if its last token is not EOS, i.e. generation was cut, not ended
+            (an EOS that lands on the last allowed token ends the response): out of the loss altogether,
+            KL and entropy included, and out of the normalisers (Sample.filtered).
 """
 
 from dataclasses import dataclass, field
 
 from lrm_fast.batching import samples as B
 from lrm_fast.config import InjectionConfig, RewardConfig
-from lrm_fast.config.choices import AdvantageScale, Injection, Reward
+from lrm_fast.config.choices import AdvantageScale, Injection, Reward, Truncated
 from lrm_fast.data.examples import PromptExample
 from lrm_fast.data.grader import grade_batch
 from lrm_fast.levers.injection import SolutionBank, plan_injections
-from lrm_fast.levers.rewards import binary_rewards, relative_length_rewards, repetition_penalties
+from lrm_fast.levers.rewards import (
+    binary_rewards,
+    overlong_penalties,
+    relative_length_rewards,
+    repetition_penalties,
+)
 from lrm_fast.rollout import Rollout
 
 
@@ -48,6 +59,9 @@ class ScoredStep:
     # Sums of the opt-in levers, keyed as in lever_metrics; empty when they are off, so a run without them
     # logs exactly the metrics it did before they existed.
     counts: dict[str, float] = field(default_factory=dict)
+    # Response tokens the sampler generated (injected solutions replace generated responses: those count
+    # with the lengths they were generated with).
+    generated_tokens: int = 0
 
 
 def zero_variance_counts(correct: list[bool], group_size: int) -> ZeroVarianceCounts:
@@ -68,7 +82,7 @@ def score_rollouts(
 ) -> ScoredStep:
     """Samples with rewards and advantages for `examples` x `group_size` consecutive rollouts.
 
-    ``max_new_tokens`` is the response window, needed by reward.mask_truncated."""
+    ``max_new_tokens`` is the response window, needed by reward.truncated and reward.overlong_buffer."""
     answers = [e.answer for e in examples for _ in range(group_size)]
     correct = _grade([r.response_ids for r in rollouts], answers, tokenizer)
     samples = [
@@ -85,36 +99,62 @@ def score_rollouts(
         penalties = _repetition_penalties(samples, reward, tokenizer)
         counts["repetition_penalty"] = sum(penalties)
         counts["repetition_penalised"] = sum(p != 0 for p in penalties)
-    for s, r, p in zip(samples, rewards, penalties, strict=True):
-        s.reward = r + p
+    overlong = [0.0] * len(samples)
+    if reward.overlong_buffer:
+        lengths = [len(s.response_ids) for s in samples]
+        overlong = overlong_penalties(
+            lengths, max_new_tokens, reward.overlong_buffer, reward.overlong_penalty
+        )
+        counts["overlong_penalty"] = sum(overlong)
+        counts["overlong_penalised"] = sum(p != 0 for p in overlong)
+    for s, r, p, o in zip(samples, rewards, penalties, overlong, strict=True):
+        s.reward = r + p + o
     B.assign_advantages(samples, group_size, advantage_scale)
-    if reward.mask_truncated:
-        counts["truncation_masked"] = mask_truncated(samples, penalties, max_new_tokens)
+    if reward.truncated != Truncated.keep:
+        eos = tokenizer.eos_token_id
+        counts["truncation_masked"] = mask_truncated(
+            samples, penalties, max_new_tokens, reward.truncated, eos
+        )
     after = _zero_variance_after(samples, group_size)
-    return ScoredStep(samples, before, after, injected, shaped_groups, counts)
+    generated = sum(len(r.response_ids) for r in rollouts)
+    return ScoredStep(samples, before, after, injected, shaped_groups, counts, generated)
 
 
-def mask_truncated(samples: list[B.Sample], penalties: list[float], max_new_tokens: int | None) -> int:
-    """Advantage 0 for every incorrect response that fills the window and carries a repetition penalty
-    (in place; see the module docstring); returns how many."""
+def mask_truncated(
+    samples: list[B.Sample],
+    penalties: list[float],
+    max_new_tokens: int | None,
+    rule: Truncated = Truncated.mask,
+    eos_token_id: int | None = None,
+) -> int:
+    """Apply `rule` to the truncated responses, in place (see the module docstring): mask sets the
+    advantage of the incorrect, repetition-penalised ones to 0; filter takes those without a final EOS
+    out of the loss. Returns how many responses the rule took."""
     if max_new_tokens is None:
-        raise ValueError("truncation masking needs max_new_tokens, the response window")
-    masked = 0
+        raise ValueError("the truncation rules need max_new_tokens, the response window")
+    taken = 0
     for s, penalty in zip(samples, penalties, strict=True):
-        if not s.correct and len(s.response_ids) >= max_new_tokens and penalty != 0:
-            s.advantage, masked = 0.0, masked + 1
-    return masked
+        if len(s.response_ids) < max_new_tokens:
+            continue
+        if rule == Truncated.mask and not s.correct and penalty != 0:
+            s.advantage, taken = 0.0, taken + 1
+        elif rule == Truncated.filter and s.response_ids[-1] != eos_token_id:
+            s.filtered, s.forward, taken = True, False, taken + 1
+    return taken
 
 
 def lever_metrics(totals: dict[str, float]) -> dict[str, float]:
     """Per-response means of the opt-in levers' `counts`, summed over ranks (absent when off):
     the mean repetition reward (its part of reward/mean), the share of responses it penalised and the
-    share whose advantage truncation masking set to 0."""
+    share whose advantage truncation masking set to 0 (or that overlong filtering removed), and the mean
+    overlong reward and the share of responses it penalised."""
     n = max(totals["responses"], 1.0)
     names = {
         "repetition_penalty": "reward/repetition_penalty",
         "repetition_penalised": "reward/repetition_penalised",
         "truncation_masked": "reward/truncation_masked",
+        "overlong_penalty": "reward/overlong_penalty",
+        "overlong_penalised": "reward/overlong_penalised",
     }
     return {metric: totals[key] / n for key, metric in names.items() if key in totals}
 

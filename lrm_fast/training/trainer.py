@@ -7,7 +7,8 @@ or `trainer.epochs` passes over `trainer.mini_batches` mini-batches (lrm_fast/tr
 
 The study's levers plug in between sampling and the update (lrm_fast/levers/scoring.py): offline sample
 injection and the relative length reward before the advantages, the sample regime after them
-(lrm_fast/levers/regimes.py).
+(lrm_fast/levers/regimes.py). Dynamic sampling (sampling=dynamic, lrm_fast/levers/dynamic_sampling.py)
+repeats sampling and scoring in rounds until the batch holds B informative groups.
 
 Simplifications: one optimizer step per rollout batch by default (on-policy, as in the study's baseline
 runs; its LUFFY run takes two); the learning-rate schedule counts rollout steps, as verl's does (one
@@ -27,9 +28,11 @@ import torch
 from lrm_fast.batching import micro_batches as M
 from lrm_fast.batching import samples as B
 from lrm_fast.config import TrainConfig, protocol_of
-from lrm_fast.config.choices import Injection, MixedPrecision, Regime, RolloutEngine
+from lrm_fast.config.choices import Injection, MixedPrecision, Regime, RolloutEngine, Sampling
+from lrm_fast.config.validation import round_prompts
 from lrm_fast.data.sampler import PromptSampler
 from lrm_fast.evaluation.multi_round import evaluate as evaluate_benchmark
+from lrm_fast.levers.dynamic_sampling import Selection, select_groups
 from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.levers.regimes import RegimeSchedule, apply_regime
 from lrm_fast.levers.scoring import ScoredStep, lever_metrics, score_rollouts
@@ -60,10 +63,15 @@ class GRPOTrainer:
         self.guard = DivergenceGuard(self.model, self.optimizer, self.scheduler, cfg.trainer.max_bad_steps)
         self.heldout_prompts = encode(self.heldout_examples, self.tokenizer, cfg)
         self.sampler = PromptSampler(self.train_examples, cfg.trainer.prompts_per_step, seed=cfg.seed)
+        if round_prompts(cfg) > len(self.train_examples):
+            raise ValueError(
+                f"sampling.oversample must leave at most {len(self.train_examples)} prompts per round (the "
+                f"training problems), got {cfg.sampling.oversample} x {cfg.trainer.prompts_per_step}"
+            )
         self.backend = build_rollout(cfg, self.model, self.tokenizer)
         self.bank = self._solution_bank(data.solutions_by_id)
         self.regimes = RegimeSchedule(cfg.regime, seed=cfg.seed, rank=dist.rank)
-        self.step_count, self.state = 0, {"elapsed_s": 0.0}
+        self.step_count, self.state = 0, {"elapsed_s": 0.0, "generated_tokens": 0}
         self._start = time.perf_counter()
         self._resume()
         self.backend.sync_weights(self.model)  # a separate engine starts from the (resumed) policy
@@ -85,18 +93,15 @@ class GRPOTrainer:
         self._start = start
         if "cold_start_heldout_accuracy" not in self.state:
             self.state["cold_start_heldout_accuracy"] = self.evaluate("cold start")
-        while self.step_count < self.cfg.trainer.steps:
+        while not self._done():
             self.step_count += 1
             self.logger.log(self.step_count, self.step())
             every = self.cfg.eval.every
-            if every and self.step_count % every == 0 and self.step_count < self.cfg.trainer.steps:
+            if every and self.step_count % every == 0 and not self._done():
                 accuracy = self.evaluate(f"step {self.step_count}")
                 self.regimes.observe_heldout_accuracy(self.step_count, accuracy)
                 self.logger.log(self.step_count, {"eval/accuracy": accuracy})
-            if (
-                self.step_count % self.cfg.trainer.checkpoint_every == 0
-                or self.step_count == self.cfg.trainer.steps
-            ):
+            if self.step_count % self.cfg.trainer.checkpoint_every == 0 or self._done():
                 self._checkpoint()
         export_model(self.model, self.tokenizer, self.run_dir / "final_model")
         final = self.evaluate("final")
@@ -105,6 +110,7 @@ class GRPOTrainer:
             "final_heldout_accuracy": final,
             "improvement_points": round(100 * (final - self.state["cold_start_heldout_accuracy"]), 2),
             "steps": self.step_count,
+            "generated_tokens": self.state["generated_tokens"],
             "heldout_problems": len(self.heldout_examples),
             "wall_time_s": round(time.perf_counter() - start, 1),
         }
@@ -112,6 +118,12 @@ class GRPOTrainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.logger.close()
         return summary
+
+    def _done(self) -> bool:
+        """All `trainer.steps` taken, or the step that reached `trainer.token_budget` generated tokens."""
+        budget = self.cfg.trainer.token_budget
+        spent = budget is not None and self.state["generated_tokens"] >= budget
+        return self.step_count >= self.cfg.trainer.steps or spent
 
     def close(self) -> None:
         if hasattr(self.backend, "close"):
@@ -160,31 +172,17 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------------------------ step
     def step(self) -> dict[str, float]:
-        cfg, timings = self.cfg, {}
+        cfg = self.cfg
+        timings = self._timings = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+        selection = self._select()
         tick = time.perf_counter()
-        examples = self.sampler.next_batch()[self.dist.rank :: self.dist.world_size]
-        rollouts = self._rollouts(examples)
-        timings["time/rollout_s"], tick = time.perf_counter() - tick, time.perf_counter()
-        if rollouts is None:  # the last update made the policy's logits overflow: undo it
+        if selection is None:  # the last update made the policy's logits overflow: undo it
             lr = self.scheduler.get_last_lr()[0]
             self.logger.write(self.guard.bad_step(self.step_count, lr, "sampled logits", roll_back=True))
             self.backend.sync_weights(self.model)
             return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings}
         self.guard.rollout_ok()
-
-        scored = score_rollouts(
-            examples,
-            rollouts,
-            cfg.rollout.group_size,
-            self.tokenizer,
-            cfg.reward,
-            cfg.injection,
-            self.bank,
-            cfg.loss.advantage_scale,
-            cfg.rollout.max_new_tokens,
-        )
-        samples = scored.samples
-        timings["time/reward_s"], tick = time.perf_counter() - tick, time.perf_counter()
+        samples = selection.samples
 
         regime = self.regimes.regime(self.step_count)
         apply_regime(samples, regime, cfg.regime, self.regimes.rng(self.step_count))
@@ -193,7 +191,7 @@ class GRPOTrainer:
         self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
         timings["time/weight_sync_s"] = time.perf_counter() - tick
         return {
-            **self._sample_metrics(scored),
+            **self._sample_metrics(selection),
             "regime/negative_only": float(regime == Regime.negative),
             **_update_metrics(update, lr),
             **timings,
@@ -213,6 +211,53 @@ class GRPOTrainer:
         elif update.grad_norm > 0:  # an update without gradient (all groups zero-variance) proves nothing
             self.guard.applied()
         return update, lr
+
+    def _select(self) -> Selection | None:
+        """The groups this step trains on: one round of B prompts, or dynamic sampling's rounds until B
+        informative groups (each rank its share). None when sampling met non-finite logits."""
+        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world_size
+        group_size = cfg.rollout.group_size
+        if cfg.sampling.name == Sampling.static:
+            scored = self._draw(cfg.trainer.prompts_per_step)
+            if scored is None:
+                return None
+            prompts = len(scored.samples) // group_size
+            return Selection(
+                scored.samples, scored, prompts=prompts, generated_tokens=scored.generated_tokens
+            )
+        quota = len(range(rank, cfg.trainer.prompts_per_step, world))
+
+        def all_full(full: bool) -> bool:
+            short = torch.tensor([0 if full else 1], dtype=torch.int32)
+            return all_reduce(short, op=torch.distributed.ReduceOp.MAX).item() == 0
+
+        def draw() -> ScoredStep | None:
+            return self._draw(round_prompts(cfg))
+
+        return select_groups(draw, quota, group_size, cfg.sampling, all_full)
+
+    def _draw(self, num_prompts: int) -> ScoredStep | None:
+        """One sampling round: `num_prompts` prompts (this rank's share of them) sampled and scored."""
+        cfg, tick = self.cfg, time.perf_counter()
+        examples = self.sampler.next_batch(num_prompts)[self.dist.rank :: self.dist.world_size]
+        rollouts = self._rollouts(examples)
+        self._timings["time/rollout_s"] += time.perf_counter() - tick
+        if rollouts is None:
+            return None
+        tick = time.perf_counter()
+        scored = score_rollouts(
+            examples,
+            rollouts,
+            cfg.rollout.group_size,
+            self.tokenizer,
+            cfg.reward,
+            cfg.injection,
+            self.bank,
+            cfg.loss.advantage_scale,
+            cfg.rollout.max_new_tokens,
+        )
+        self._timings["time/reward_s"] += time.perf_counter() - tick
+        return scored
 
     def _rollouts(self, examples):
         """G sampled responses to each of this rank's prompts; None when any rank met non-finite logits
@@ -285,10 +330,13 @@ class GRPOTrainer:
         self.scheduler.step()
         return update, lr
 
-    def _sample_metrics(self, scored: ScoredStep) -> dict[str, float]:
+    def _sample_metrics(self, selection: Selection) -> dict[str, float]:
         """Rewards, accuracy, zero-advantage shares (before / after the levers), lengths and lever counts,
-        summed over ranks. Accuracy and lengths are the policy's own responses (injected ones excluded:
-        injection only ever replaces incorrect responses)."""
+        summed over ranks, of every response sampled in the step (all rounds of dynamic sampling); the
+        forwarded and kept counts are the trained groups'. Accuracy and lengths are the policy's own
+        responses (injected ones excluded: injection only ever replaces incorrect responses). Generated
+        tokens count every sampled response, and their running total is checkpointed."""
+        scored, trained = selection.sampled, selection.samples
         samples = scored.samples
         sampled = [s for s in samples if not s.injected]
         correct_lengths = [len(s.response_ids) for s in sampled if s.correct]
@@ -307,15 +355,23 @@ class GRPOTrainer:
             "len_correct": sum(correct_lengths),
             "n_wrong": len(wrong_lengths),
             "len_wrong": sum(wrong_lengths),
-            "forwarded": sum(s.forward for s in samples),
-            "kept": sum(s.regime_weight > 0 for s in samples),
+            "forwarded": sum(s.forward for s in trained),
+            "kept": sum(s.regime_weight > 0 for s in trained),
             "injected": scored.injected,
             "shaped_groups": scored.shaped_groups,
+            "generated_tokens": selection.generated_tokens,
             **scored.counts,
+            **(_selection_counts(selection) if self.cfg.sampling.name == Sampling.dynamic else {}),
         }
         summed = all_reduce(torch.tensor(list(values.values()), dtype=torch.float64)).tolist()
         totals = dict(zip(values, summed, strict=True))
-        return {**_shares(totals), **lever_metrics(totals)}
+        self.state["generated_tokens"] += int(totals["generated_tokens"])
+        tokens = {
+            "rollout/generated_tokens": totals["generated_tokens"],
+            "rollout/generated_tokens_total": float(self.state["generated_tokens"]),
+        }
+        sampling = _sampling_metrics(totals, selection.rounds) if "kept_groups" in totals else {}
+        return {**_shares(totals), **lever_metrics(totals), **tokens, **sampling}
 
     def _generating(self):
         """Sampling with our own loop on the FSDP policy needs its parameters gathered; a vLLM engine
@@ -383,6 +439,27 @@ def _update_metrics(update, lr: float) -> dict[str, float]:
         "optim/lr": lr,
         # Sampler vs trainer log-probs (rollout.log_mismatch / tis_cap); absent when not measured.
         **{f"rollout/{k}": update.stats[k] for k in MISMATCH_SUMS[:-1] if k in update.stats},
+    }
+
+
+def _selection_counts(selection: Selection) -> dict[str, float]:
+    return {
+        "prompts": selection.prompts,
+        "informative": selection.informative,
+        "kept_groups": selection.kept,
+        "padded_groups": selection.padded,
+    }
+
+
+def _sampling_metrics(t: dict[str, float], rounds: int) -> dict[str, float]:
+    """Dynamic sampling's rounds (every rank runs the same ones) and its groups, summed over ranks."""
+    return {
+        "sampling/rounds": float(rounds),
+        "sampling/prompts": t["prompts"],
+        "sampling/informative_groups": t["informative"],
+        "sampling/kept_groups": t["kept_groups"],
+        "sampling/padded_groups": t["padded_groups"],
+        "sampling/prompts_per_kept_group": t["prompts"] / max(t["kept_groups"], 1.0),
     }
 
 

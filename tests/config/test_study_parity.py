@@ -215,8 +215,8 @@ RULES = [
         lambda s: s["algorithm.enble_repetition_reward"],
     ),
     Rule(
-        "reward.mask_truncated",
-        lambda s: s["algorithm.mask_truncated_samples"],
+        "reward.truncated",
+        lambda s: "mask" if s["algorithm.mask_truncated_samples"] else "keep",
         ("algorithm.mask_truncated_samples",),
     ),
     Rule(

@@ -78,7 +78,7 @@ def test_truncation_masking_zeroes_the_looping_incorrect_response(tokenizer, rew
     # distinct, so its reward is (1 - 2/7) * -1.4 = -1. The short wrong ones are one word each: no
     # bigram, no penalty. RLR (tau 0.25) shapes the lone correct response by its own mean: 1 + 0.
     reward = RewardConfig(name=reward_name, tau=0.25, repetition_penalty=-1.4, repetition_ngram=2)
-    masked = replace(reward, mask_truncated=True)
+    masked = replace(reward, truncated="mask")
     plain = score_rollouts(examples, group, G, tokenizer, reward, NO_INJECTION, None, "std", 16)
     scored = score_rollouts(examples, group, G, tokenizer, masked, NO_INJECTION, None, "std", 16)
     assert [s.reward for s in scored.samples] == pytest.approx([1.0, -1.0, 0.0, 0.0])
@@ -111,7 +111,7 @@ def test_truncation_masking_zeroes_the_looping_incorrect_response(tokenizer, rew
 )
 def test_truncation_masking_condition(correct, length, penalty, masked):
     sample = B.Sample([1], [2] * length, penalty, correct, advantage=-0.7)
-    assert mask_truncated([sample], [penalty], 16) == int(masked)
+    assert mask_truncated([sample], [penalty], 16, "mask") == int(masked)
     assert sample.advantage == (0.0 if masked else -0.7)
 
 
@@ -212,7 +212,15 @@ def test_reserve_leaves_full_and_weighted_alone_and_needs_a_generator():
         ("regime", {"reserve_min": -1}, "regime.reserve_min must be >= 0, got -1"),
         ("reward", {"repetition_penalty": 2.0}, "reward.repetition_penalty must be <= 0 (0: off), got 2.0"),
         ("reward", {"repetition_ngram": 0}, "reward.repetition_ngram must be > 0, got 0"),
-        ("reward", {"mask_truncated": True}, "reward.mask_truncated needs reward.repetition_penalty < 0"),
+        ("reward", {"truncated": "mask"}, "reward.truncated=mask needs reward.repetition_penalty < 0"),
+        (
+            "reward",
+            {"overlong_buffer": 64},
+            "reward.overlong_buffer must be in [0, rollout.max_new_tokens (64))",
+        ),
+        ("reward", {"overlong_penalty": -1.0}, "reward.overlong_penalty must be >= 0, got -1.0"),
+        ("sampling", {"oversample": 0.5}, "sampling.oversample must be >= 1, got 0.5"),
+        ("sampling", {"max_rounds": 0}, "sampling.max_rounds must be >= 1, got 0"),
         ("injection", {"cap": 0}, "injection.cap must be >= 1 (or null: no cap), got 0"),
     ],
 )
@@ -228,6 +236,6 @@ def test_new_keys_are_range_checked(section, overrides, message):
 def test_study_values_validate():
     cfg = TrainConfig()
     cfg.injection.cap = None
-    cfg.reward.repetition_penalty, cfg.reward.repetition_ngram, cfg.reward.mask_truncated = -2.0, 40, True
+    cfg.reward.repetition_penalty, cfg.reward.repetition_ngram, cfg.reward.truncated = -2.0, 40, "mask"
     cfg.regime.reserve_ratio, cfg.regime.reserve_min = 0.25, 512  # ppo_trainer.yaml's defaults
     validate(cfg)
