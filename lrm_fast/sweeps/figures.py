@@ -1,6 +1,13 @@
-"""The sweep report's plots: training curves, pass@k and response lengths, mean and min-max band over seeds.
+"""The sweep report's plots: training curves, pass@k and response lengths, mean and min-max band over seeds;
+with generated tokens logged, held-out accuracy against them.
 
 matplotlib's object API (a bare Figure renders with Agg), so no global backend is touched.
+
+Accuracy against generated tokens: each seed's accuracy is a step function of the tokens (the last
+evaluation at or below, the rule of the budget table, lrm_fast/sweeps/budget.py), read on the union of the
+seeds' evaluation points up to the shortest run's total (as the training curves are cut to the shortest
+run); line = mean over seeds, band = min-max; every seed's evaluations are drawn as points, those past the
+cut included.
 """
 
 import math
@@ -10,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from lrm_fast.evaluation.report import k_axis
+from lrm_fast.sweeps.budget import Curve, accuracy_at, accuracy_curve
 from lrm_fast.sweeps.runs import Configuration, Run, step_values
 
 CURVES = {
@@ -20,7 +28,8 @@ CURVES = {
     "length/correct_mean": "length of correct responses",
     "length/incorrect_mean": "length of incorrect responses",
 }
-PLOT_NAMES = ("training_curves.png", "pass_at_k.png", "response_length.png")
+PLOT_NAMES = ("training_curves.png", "pass_at_k.png", "response_length.png")  # written for every report
+BUDGET_PLOT = "accuracy_vs_tokens.png"  # written only when the runs log generated tokens
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -103,5 +112,38 @@ def length_figure(configurations: list[Configuration], window: int) -> Figure:
     axes.set(xlabel="step", ylabel="mean response length (tokens)")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(f"Response length (moving average over {window} steps, band = min-max over seeds)")
+    axes.legend(fontsize="small")
+    return figure
+
+
+def token_band(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens, mean, min, max) over seeds of the accuracy step functions (module docstring)."""
+    end = min(tokens[-1] for tokens, _ in curves)
+    grid = np.unique(np.concatenate([tokens for tokens, _ in curves]))
+    grid = grid[grid <= end]
+    values = np.stack([accuracy_at(curve, grid) for curve in curves])
+    return grid, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def accuracy_tokens_figure(configurations: list[Configuration], budget: dict) -> Figure:
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for configuration in configurations:
+        curves = [curve for run in configuration.runs if (curve := accuracy_curve(run)) is not None]
+        if not curves:  # runs from before the token metric
+            continue
+        grid, mean, low, high = token_band(curves)
+        (line,) = axes.plot(grid, mean, drawstyle="steps-post", label=configuration.label)
+        axes.fill_between(grid, low, high, step="post", color=line.get_color(), alpha=0.2)
+        for tokens, accuracy in curves:
+            axes.plot(tokens, accuracy, "o", color=line.get_color(), markersize=3, alpha=0.5)
+    if budget["tokens"] is not None:
+        axes.axvline(
+            budget["tokens"], color="black", linestyle=":", label=f"budget ({budget['tokens']:,.0f})"
+        )
+    target = budget["target_accuracy"]
+    axes.axhline(target, color="gray", linestyle="--", label=f"target {100 * target:.1f}% (baseline final)")
+    axes.set(xlabel="generated tokens (cumulative)", ylabel="held-out accuracy")
+    axes.set_title("Held-out accuracy against generated tokens: mean, band = min-max over seeds")
     axes.legend(fontsize="small")
     return figure

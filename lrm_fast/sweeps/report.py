@@ -16,10 +16,15 @@ Per configuration, over its seeds (mean, sample std, min, max):
 - the study's headline quantities against a baseline (lrm_fast/sweeps/headline.py: how the baseline is
   chosen, and how each quantity is computed): relative change of the zero-advantage ratio and of the
   correct-response length, the mean sampled response length, and the evaluation variance with k rounds
-  against one round.
+  against one round;
+- when the runs log generated tokens (`rollout/generated_tokens_total`), the configurations at an equal
+  generated-token budget (lrm_fast/sweeps/budget.py: the definitions): the budget (`--budget`, else the
+  baseline's generated tokens), the tokens each configuration generated, its held-out accuracy at the
+  budget, and the tokens it took to reach the baseline's final accuracy (how many seeds reached it);
+  with the plot of held-out accuracy against generated tokens. Older runs: no such section (None).
 
 The code: runs.py finds, loads and groups the runs; headline.py computes the headline quantities;
-figures.py draws; this module aggregates and writes.
+budget.py the equal-budget comparison; figures.py draws; this module aggregates and writes.
 
 Simplifications:
 - Runs without .hydra/ (hydra.output_subdir=null) have no recorded overrides: then every run's
@@ -42,8 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lrm_fast.sweeps.budget import budget_section
 from lrm_fast.sweeps.figures import (
+    BUDGET_PLOT,
     PLOT_NAMES,
+    accuracy_tokens_figure,
     default_window,
     length_figure,
     pass_at_k_figure,
@@ -62,7 +70,16 @@ from lrm_fast.sweeps.runs import (
     spread,
 )
 
-__all__ = ["PLOT_NAMES", "build_report", "format_headline", "format_markdown", "format_table"]
+__all__ = [
+    "BUDGET_PLOT",
+    "PLOT_NAMES",
+    "budget_line",
+    "build_report",
+    "format_budget",
+    "format_headline",
+    "format_markdown",
+    "format_table",
+]
 
 
 def configuration_numbers(configuration: Configuration) -> list[dict]:
@@ -101,10 +118,15 @@ def summarize_configuration(configuration: Configuration, per_run: list[dict]) -
 
 
 def build_report(
-    paths: list[str | Path], out_dir: str | Path, window: int | None = None, baseline: str | None = None
+    paths: list[str | Path],
+    out_dir: str | Path,
+    window: int | None = None,
+    baseline: str | None = None,
+    budget: float | None = None,
 ) -> dict:
     """Collect, group and aggregate the runs; write report.json, report.md and the plots to `out_dir`.
-    `baseline` names the headline quantities' baseline configuration (lrm_fast/sweeps/headline.py)."""
+    `baseline` names the headline quantities' baseline configuration (lrm_fast/sweeps/headline.py);
+    `budget` is the generated-token budget (default: the baseline's tokens; lrm_fast/sweeps/budget.py)."""
     runs, skipped = find_runs(paths)
     configurations = group_runs(runs)
     window = window or default_window(configurations)
@@ -122,19 +144,29 @@ def build_report(
         ],
         "baseline": {"label": configurations[base].label, "reason": reason},
         "headline": headline(configurations, numbers, base),
+        "budget": budget_section(configurations, base, budget),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(format_markdown(report))
+    write_plots(configurations, report, out_dir)
+    return report
+
+
+def write_plots(configurations: list[Configuration], report: dict, out_dir: Path) -> None:
+    """PLOT_NAMES, and BUDGET_PLOT when the runs log generated tokens."""
+    window = report["smoothing_window"]
     figures = (
         training_curves(configurations, window),
         pass_at_k_figure(report),
         length_figure(configurations, window),
     )
-    for figure, name in zip(figures, PLOT_NAMES, strict=True):
+    plots = list(zip(figures, PLOT_NAMES, strict=True))
+    if report["budget"] is not None:
+        plots.append((accuracy_tokens_figure(configurations, report["budget"]), BUDGET_PLOT))
+    for figure, name in plots:
         figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
-    return report
 
 
 TABLE_HEADER = (
@@ -235,6 +267,79 @@ def format_headline(report: dict) -> str:
     return "\n".join(lines)
 
 
+BUDGET_HEADER = (
+    "configuration",
+    "seeds",
+    "generated tokens{unit}",
+    "accuracy at budget % (mean ± std)",
+    "min–max",
+    "tokens to target{unit}: mean [min, max]",
+    "reached",
+)
+
+BUDGET_LINE = (
+    "Budget: {tokens} generated tokens ({chosen}). Target: {target}% held-out accuracy, the final "
+    "accuracy of the baseline `{baseline}`, mean over its seeds."
+)
+
+BUDGET_NOTES = """\
+Generated tokens: every sampled response token, all refill rounds of dynamic sampling included, OSI's
+stored solutions not. Accuracy at budget: the accuracy of the last held-out evaluation (cold start at 0
+tokens, every eval.every steps, final) at or below the budget; a run that ended below the budget keeps
+its final accuracy. Tokens to target: the generated tokens of the first evaluation at or above the
+target (0: the cold start already is), mean [min, max] over the seeds that reached it; reached: those
+seeds / the seeds that log generated tokens (lrm_fast/sweeps/budget.py)."""
+
+
+def format_budget(report: dict) -> str:
+    """The Markdown table at an equal generated-token budget: one row per configuration."""
+    scale, unit = _token_unit(report["budget"])
+    header = [name.format(unit=unit) for name in BUDGET_HEADER]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in report["budget"]["configurations"]:
+        accuracy = c["accuracy_at_budget"]
+        cells = [
+            f"`{c['label']}`",
+            str(len(c["seeds"])),
+            _mean_std(c["generated_tokens"], scale=1 / scale),
+            _mean_std(accuracy, scale=100),
+            f"{_number(accuracy['min'], 100)}–{_number(accuracy['max'], 100)}",
+            _mean_range(c["tokens_to_target"], scale=1 / scale),
+            f"{c['reached']}/{c['measured']}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def budget_line(budget: dict) -> str:
+    """The budget and the target, in words."""
+    return BUDGET_LINE.format(
+        tokens="-" if budget["tokens"] is None else f"{budget['tokens']:,.0f}",
+        chosen=budget["chosen"],
+        target=_number(budget["target_accuracy"], 100),
+        baseline=budget["baseline"],
+    )
+
+
+def budget_markdown(report: dict) -> str:
+    """report.md's section at an equal generated-token budget; empty for runs without generated tokens."""
+    if report["budget"] is None:
+        return ""
+    return f"""
+## At an equal generated-token budget
+
+{format_budget(report)}
+
+{budget_line(report["budget"])}
+{BUDGET_NOTES}
+
+![accuracy vs generated tokens]({BUDGET_PLOT})
+
+Held-out accuracy against generated tokens: per seed the last evaluation at or below each token count,
+line = mean over seeds up to the shortest run's tokens, band = min–max; points = every evaluation.
+"""
+
+
 def format_markdown(report: dict) -> str:
     commands = "\n".join(report["commands"]) or "(not recorded: no .hydra/ in the run directories)"
     common = " ".join(report["common_overrides"]) or "(none)"
@@ -274,7 +379,7 @@ over seeds, band = min–max over seeds.
 ![pass@k](pass_at_k.png)
 
 ![response length](response_length.png)
-"""
+{budget_markdown(report)}"""
 
 
 def _pass_at_k_cell(curve: list[float] | None) -> str:
@@ -282,6 +387,17 @@ def _pass_at_k_cell(curve: list[float] | None) -> str:
         return "-"
     ks = [1, len(curve)] if len(curve) > 1 else [1]
     return " / ".join(f"@{k} {100 * curve[k - 1]:.1f}" for k in ks)
+
+
+def _token_unit(budget: dict) -> tuple[float, str]:
+    """The power of 1000 that keeps the budget table's token counts short, and its header suffix."""
+    largest = max(
+        [budget["tokens"] or 0.0, *(c["generated_tokens"]["max"] or 0.0 for c in budget["configurations"])]
+    )
+    for scale, unit in ((1e9, " (G)"), (1e6, " (M)"), (1e3, " (k)")):
+        if largest >= scale:
+            return scale, unit
+    return 1.0, ""
 
 
 def _number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -292,6 +408,13 @@ def _mean_std(stats: dict, scale: float = 1.0, digits: int = 1) -> str:
     if stats["std"] is None:
         return _number(stats["mean"], scale, digits)
     return f"{_number(stats['mean'], scale, digits)} ± {_number(stats['std'], scale, digits)}"
+
+
+def _mean_range(stats: dict, scale: float = 1.0, digits: int = 1) -> str:
+    if stats["mean"] is None:
+        return "-"
+    low, high = _number(stats["min"], scale, digits), _number(stats["max"], scale, digits)
+    return f"{_number(stats['mean'], scale, digits)} [{low}, {high}]"
 
 
 def _change(stats: dict) -> str:

@@ -10,7 +10,7 @@ benchmark (one without a perturbation); ties go to the trainer's file.
 import json
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,8 @@ class Run:
     pass_at_k: list[float] | None  # final evaluation, k = 1..samples per problem
     command: str | None
     evaluation: dict | None = None  # the final evaluation's benchmark entry (`final_evaluation`)
+    # periodic held-out evaluations of metrics.jsonl (eval.every): rows {"step": s, "eval/accuracy": a}
+    eval_rows: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +84,7 @@ def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     config = _flatten(yaml.safe_load((run_dir / "config.yaml").read_text()))
     overrides_path = run_dir / ".hydra" / "overrides.yaml"
+    metrics = read_metrics(run_dir)
     final_eval = run_dir / "eval" / "final.json"
     pass_at_k = None
     if final_eval.exists():
@@ -92,10 +95,11 @@ def load_run(run_dir: Path) -> Run:
         overrides=yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else None,
         config=config,
         summary=json.loads((run_dir / "summary.json").read_text()),
-        rows=[row for row in read_metrics(run_dir) if "reward/accuracy" in row],
+        rows=[row for row in metrics if "reward/accuracy" in row],
         pass_at_k=pass_at_k,
         command=run_command(run_dir),
         evaluation=final_evaluation(run_dir),
+        eval_rows=[row for row in metrics if "eval/accuracy" in row],
     )
 
 

@@ -12,15 +12,18 @@ import pytest
 import yaml
 
 from lrm_fast.cli.report import main as report_main
-from lrm_fast.sweeps.figures import PLOT_NAMES, moving_average
+from lrm_fast.sweeps.budget import accuracy_curve
+from lrm_fast.sweeps.figures import BUDGET_PLOT, PLOT_NAMES, moving_average
 from lrm_fast.sweeps.report import build_report
-from lrm_fast.sweeps.runs import find_runs, group_runs
+from lrm_fast.sweeps.runs import find_runs, group_runs, load_run
 from lrm_fast.training.metrics import read_metrics
 
 COMMON = ["trainer=smoke", "eval.problems=16"]
 
+# The run writers below are shared with test_budget.py.
 
-def _row(step: int, accuracy: float = 0.5, zero_adv: float = 0.25, correct_len: float = 20.0) -> dict:
+
+def step_row(step: int, accuracy: float = 0.5, zero_adv: float = 0.25, correct_len: float = 20.0) -> dict:
     return {
         "step": step,
         "reward/accuracy": accuracy,
@@ -35,10 +38,12 @@ def _row(step: int, accuracy: float = 0.5, zero_adv: float = 0.25, correct_len: 
     }
 
 
-def _make_run(run_dir: Path, seed: int, regime: str, rows: list[dict], final: float, **options) -> Path:
-    """A run directory as lrm-fast-train writes it (only the files the report reads)."""
+def make_run(run_dir: Path, seed: int, regime: str, rows: list[dict], final: float, **options) -> Path:
+    """A run directory as lrm-fast-train writes it (only the files the report reads); `rows` may hold
+    periodic-evaluation rows beside the steps' ones."""
     run_dir.mkdir(parents=True)
-    config = {"seed": seed, "regime": {"name": regime}, "trainer": {"steps": len(rows)}}
+    steps = sum("reward/accuracy" in row for row in rows)
+    config = {"seed": seed, "regime": {"name": regime}, "trainer": {"steps": steps}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     if options.get("hydra", True):
@@ -46,11 +51,12 @@ def _make_run(run_dir: Path, seed: int, regime: str, rows: list[dict], final: fl
         overrides = [f"seed={seed}", f"regime={regime}", *COMMON]
         (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if options.get("finished", True):
+        cold_start = options.get("cold_start", 0.25)
         summary = {
-            "cold_start_heldout_accuracy": 0.25,
+            "cold_start_heldout_accuracy": cold_start,
             "final_heldout_accuracy": final,
-            "improvement_points": 100 * (final - 0.25),
-            "steps": len(rows),
+            "improvement_points": 100 * (final - cold_start),
+            "steps": steps,
             "wall_time_s": 10.0 + seed,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -61,12 +67,12 @@ def _make_run(run_dir: Path, seed: int, regime: str, rows: list[dict], final: fl
     return run_dir
 
 
-def _make_multirun(root: Path) -> Path:
+def make_multirun(root: Path) -> Path:
     """Jobs 0-3 of `-m seed=0,1 regime=full,negative`, in Hydra's job order (last override fastest)."""
     for job, (seed, regime) in enumerate([(0, "full"), (0, "negative"), (1, "full"), (1, "negative")]):
         final = {"full": 0.5, "negative": 0.6}[regime] + 0.2 * seed
-        rows = [_row(step, zero_adv=0.25 + 0.1 * seed) for step in range(1, 11)]
-        _make_run(root / str(job), seed, regime, rows, final, pass_at_k=[final, final + 0.1])
+        rows = [step_row(step, zero_adv=0.25 + 0.1 * seed) for step in range(1, 11)]
+        make_run(root / str(job), seed, regime, rows, final, pass_at_k=[final, final + 0.1])
     task = ["seed=0,1", "regime=full,negative", *COMMON]
     multirun = {
         "hydra": {"overrides": {"hydra": [f"hydra.sweep.dir={root}", "hydra.mode=MULTIRUN"], "task": task}}
@@ -76,7 +82,7 @@ def _make_multirun(root: Path) -> Path:
 
 
 def test_report_groups_runs_by_overrides_without_the_seed(tmp_path):
-    runs, skipped = find_runs([_make_multirun(tmp_path / "sweep")])
+    runs, skipped = find_runs([make_multirun(tmp_path / "sweep")])
     configurations = group_runs(runs)
     assert [c.label for c in configurations] == ["regime=full", "regime=negative"]
     assert [[run.seed for run in c.runs] for c in configurations] == [[0, 1], [0, 1]]
@@ -89,9 +95,9 @@ def test_report_groups_runs_by_overrides_without_the_seed(tmp_path):
 
 
 def test_report_groups_by_config_differences_without_hydra_records(tmp_path):
-    rows = [_row(1)]
+    rows = [step_row(1)]
     for name, seed, regime in [("a", 0, "full"), ("b", 1, "full"), ("c", 0, "positive")]:
-        _make_run(tmp_path / name, seed, regime, rows, final=0.5, hydra=False)
+        make_run(tmp_path / name, seed, regime, rows, final=0.5, hydra=False)
     runs, _ = find_runs([tmp_path])
     configurations = group_runs(runs)
     # seed and trainer.steps are equal or ignored: only regime.name sets the runs apart
@@ -104,8 +110,8 @@ def test_report_groups_by_config_differences_without_hydra_records(tmp_path):
 
 def test_report_lists_unfinished_runs_and_orders_jobs_numerically(tmp_path):
     for job in (10, 2):
-        _make_run(tmp_path / str(job), job, "full", [_row(1)], final=0.5)
-    _make_run(tmp_path / "3", 3, "full", [_row(1)], final=0.5, finished=False)
+        make_run(tmp_path / str(job), job, "full", [step_row(1)], final=0.5)
+    make_run(tmp_path / "3", 3, "full", [step_row(1)], final=0.5, finished=False)
     runs, skipped = find_runs([tmp_path])
     assert [run.path.name for run in runs] == ["2", "10"]
     assert [path.name for path in skipped] == ["3"]
@@ -117,10 +123,11 @@ def test_report_aggregates_over_seeds_by_hand(tmp_path):
     lengths = {0: [10.0, 0.0, *[25.0] * 7, 40.0], 1: [20.0] * 10}
     for seed in (0, 1):
         rows = [
-            _row(step + 1, zero_adv=0.2 * (seed + 1), correct_len=n) for step, n in enumerate(lengths[seed])
+            step_row(step + 1, zero_adv=0.2 * (seed + 1), correct_len=n)
+            for step, n in enumerate(lengths[seed])
         ]
         curve = [0.5, 0.7, 0.8] if seed == 0 else [0.3, 0.5]  # k = 3 and 2: cut to k = 2
-        _make_run(tmp_path / str(seed), seed, "full", rows, final=0.5 + 0.2 * seed, pass_at_k=curve)
+        make_run(tmp_path / str(seed), seed, "full", rows, final=0.5 + 0.2 * seed, pass_at_k=curve)
     report = build_report([tmp_path], tmp_path / "out")
     (c,) = report["configurations"]
     assert c["final_accuracy"]["mean"] == pytest.approx(0.6)
@@ -144,7 +151,7 @@ def test_report_moving_average_is_trailing_and_skips_gaps():
 
 
 def test_report_cli_prints_the_table_and_writes_the_files(tmp_path, capsys):
-    sweep = _make_multirun(tmp_path / "sweep")
+    sweep = make_multirun(tmp_path / "sweep")
     report_main([str(sweep)])
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].startswith("| configuration | seeds |")
@@ -195,10 +202,10 @@ def _headline_sweep(root: Path) -> Path:
     }
     for job, ((regime, seed), (zero_adv, correct, sampled)) in enumerate(values.items()):
         rows = [
-            {**_row(step, zero_adv=zero_adv, correct_len=correct), "length/response_mean": sampled}
+            {**step_row(step, zero_adv=zero_adv, correct_len=correct), "length/response_mean": sampled}
             for step in range(1, 11)
         ]
-        run = _make_run(root / str(job), seed, regime, rows, final=0.5)
+        run = make_run(root / str(job), seed, regime, rows, final=0.5)
         if regime == "negative":
             _write_eval(run / "eval" / "final.json", {"heldout": _eval_entry({0: TWO_ROUNDS[0]})})
             attacked = _eval_entry(TWO_ROUNDS, {"label": "attack"})  # perturbed: never the final evaluation
@@ -246,9 +253,9 @@ def test_headline_baseline_choice(tmp_path, capsys):
     with pytest.raises(SystemExit, match="neither a run directory nor a configuration"):
         report_main([str(sweep), "--baseline", "regime=positive"])
     # A configuration that only has the shared overrides is the sweep's default: it is the baseline.
-    rows = [_row(step) for step in range(1, 3)]
+    rows = [step_row(step) for step in range(1, 3)]
     for name, overrides in (("a", ["+x=1"]), ("b", [])):
-        run = _make_run(tmp_path / "own" / name, 0, "full", rows, final=0.5)
+        run = make_run(tmp_path / "own" / name, 0, "full", rows, final=0.5)
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*COMMON, *overrides]))
     report_main([str(tmp_path / "own")])
     printed = capsys.readouterr().out
@@ -266,6 +273,7 @@ TINY_SWEEP = [
     "rollout.group_size=4",
     "eval.problems=16",
     "eval.samples_per_problem=4",  # a pass@k curve with k = 1..4 to average over seeds
+    "eval.every=2",  # one periodic evaluation (step 2 of 4) on the accuracy-against-tokens curve
     "cold_start.steps=40",
     "cold_start.batch_size=32",
     "cold_start.warmup_steps=5",
@@ -289,6 +297,18 @@ def _direct_numbers(job: Path) -> dict:
         "clip_fraction": np.mean([row["loss/clip_fraction"] for row in rows]),
         "pass_at_k": final["benchmarks"]["heldout"]["summary"]["pass_at_k"],
     }
+
+
+def _direct_curve(job: Path) -> list[tuple[float, float]]:
+    """(generated tokens, held-out accuracy) of one job's evaluations, straight from its files."""
+    summary = json.loads((job / "summary.json").read_text())
+    rows = read_metrics(job)
+    steps = [row for row in rows if "reward/accuracy" in row]
+    totals = np.cumsum([row["rollout/generated_tokens"] for row in steps]).tolist()
+    assert [row["rollout/generated_tokens_total"] for row in steps] == totals
+    evals = [(totals[row["step"] - 1], row["eval/accuracy"]) for row in rows if "eval/accuracy" in row]
+    cold, final = summary["cold_start_heldout_accuracy"], summary["final_heldout_accuracy"]
+    return [(0.0, cold), *evals, (totals[-1], final)]
 
 
 @pytest.mark.slow
@@ -323,7 +343,18 @@ def test_report_of_a_real_tiny_multirun(tmp_path):
         assert c["pass_at_k"]["mean"] == pytest.approx(np.mean([d["pass_at_k"] for d in direct], axis=0))
         mean, std = 100 * c["final_accuracy"]["mean"], 100 * c["final_accuracy"]["std"]
         assert f"| `{c['label']}` | 2 | 4 | {mean:.1f} ± {std:.1f} |" in table
-    # One row per configuration in the main table and in the headline table.
-    assert sum(line.startswith("| `regime=") for line in table.splitlines()) == 4
-    for name in PLOT_NAMES:
+    # The equal-budget section: curves of cold start, the evaluation at step 2 and the final one; the
+    # default budget is the baseline's (regime=full, jobs 0 and 2) mean generated tokens.
+    curves = {job: _direct_curve(sweep / job) for job in "0123"}
+    assert all(len(curve) == 3 for curve in curves.values())
+    for job, curve in curves.items():
+        tokens, accuracy = accuracy_curve(load_run(sweep / job))
+        assert list(zip(tokens.tolist(), accuracy.tolist(), strict=True)) == curve
+    budget = report["budget"]
+    assert budget["tokens"] == pytest.approx((curves["0"][-1][0] + curves["2"][-1][0]) / 2)
+    for c, jobs in zip(budget["configurations"], ("02", "13"), strict=True):
+        assert c["generated_tokens"]["values"] == [curves[job][-1][0] for job in jobs]
+    # One row per configuration in the main table, the headline table and the budget table.
+    assert sum(line.startswith("| `regime=") for line in table.splitlines()) == 6
+    for name in (*PLOT_NAMES, BUDGET_PLOT):
         assert (tmp_path / "report" / name).stat().st_size > 10_000
