@@ -140,7 +140,8 @@ class RolloutConfig:
     # Sampler / trainer mismatch: every step logs mean |logp_trainer - logp_sampler| and the mean token
     # probability ratio (rollout/logp_abs_diff, rollout/prob_ratio) from one extra no-grad pass over the
     # logits; with tis_cap, each token's loss is weighted by min(p_trainer / p_sampler, tis_cap)
-    # (truncated importance sampling: vLLM's numerics differ from the trainer's). None: off.
+    # (truncated importance sampling: vLLM's numerics differ from the trainer's). None: off, except with
+    # trainer.max_staleness > 0, where stale tokens are always weighted and None means no cap.
     log_mismatch: bool = False
     tis_cap: float | None = None
     # rollout=vllm only (lrm_fast/rollout/vllm.py).
@@ -331,6 +332,13 @@ class TrainerConfig:
     # compares configurations at an equal rollout-token budget. The schedule still counts `steps`.
     token_budget: int | None = None
     num_threads: int = 0  # torch intra-op threads on CPU (0: torch's default; the tiny model runs best on 1)
+    # Threads of the policy update on CPU (0: num_threads), so sampling can stay on one thread while the
+    # update uses more cores.
+    update_threads: int = 0
+    # Asynchronous rollouts (lrm_fast/training/async_rollout.py): 0 is the synchronous loop; k >= 1 samples
+    # later batches in a separate process while the current one is trained, no sample more than k policy
+    # versions (optimizer steps) old when trained on. A multiple of mini_batches; hf rollouts, one process.
+    max_staleness: int = 0
     progress_bar: bool = True
 
 

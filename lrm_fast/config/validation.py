@@ -7,7 +7,15 @@ the config is composed. Every error is a ValueError (FileNotFoundError for a mis
 import math
 from pathlib import Path
 
-from lrm_fast.config.choices import DataSource, Injection, ModelSource, Regime, Sampling, Truncated
+from lrm_fast.config.choices import (
+    DataSource,
+    Injection,
+    ModelSource,
+    Regime,
+    RolloutEngine,
+    Sampling,
+    Truncated,
+)
 from lrm_fast.config.datasets import check_source
 from lrm_fast.config.evaluate import BUILTIN_BENCHMARKS, BenchmarkConfig, EvalAppConfig, EvalProtocol
 from lrm_fast.config.train import DifficultyConfig, TrainConfig
@@ -192,6 +200,17 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     _at_least("trainer.max_bad_steps", trainer.max_bad_steps, 1)
     _at_least("trainer.mini_batches", trainer.mini_batches, 1)
     _at_least("trainer.epochs", trainer.epochs, 1)
+    _at_least("trainer.update_threads", trainer.update_threads, 0)
+    _at_least("trainer.max_staleness", trainer.max_staleness, 0)
+    if trainer.max_staleness:
+        # A rollout batch's update is mini_batches versions: the lag is counted in whole batches.
+        multiple = trainer.max_staleness % trainer.mini_batches == 0
+        requirement = f"a multiple of trainer.mini_batches ({trainer.mini_batches})"
+        _check(multiple, "trainer.max_staleness", requirement, trainer.max_staleness)
+        if cfg.rollout.backend != RolloutEngine.hf:
+            raise ValueError(
+                "trainer.max_staleness > 0 needs rollout=hf (the rollout process samples with it)"
+            )
     if trainer.token_budget is not None:
         _positive("trainer.token_budget", trainer.token_budget)
     # Equal mini-batches of whole groups, as verl's (its train_batch_size is a multiple of the mini-batch).

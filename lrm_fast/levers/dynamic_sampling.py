@@ -49,6 +49,12 @@ class Selection:
     padded: int = 0  # zero-variance groups added by when_short=pad
 
 
+def static_selection(scored: ScoredStep, group_size: int) -> Selection:
+    """A static step's selection: every sampled group, one round."""
+    prompts = len(scored.samples) // group_size
+    return Selection(scored.samples, scored, prompts=prompts, generated_tokens=scored.generated_tokens)
+
+
 def is_informative(group: list[Sample], rule: Informative) -> bool:
     """Whether a final group carries a policy gradient signal under `rule` (see the module docstring)."""
     if rule == Informative.correctness:

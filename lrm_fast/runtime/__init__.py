@@ -7,7 +7,7 @@ from lrm_fast.runtime.distributed import (
     close_distributed,
     init_distributed,
 )
-from lrm_fast.runtime.process import DEFAULT_THREADS, configure_runtime
+from lrm_fast.runtime.process import DEFAULT_THREADS, configure_runtime, threads
 
 __all__ = [
     "DEFAULT_THREADS",
@@ -17,4 +17,5 @@ __all__ = [
     "close_distributed",
     "configure_runtime",
     "init_distributed",
+    "threads",
 ]

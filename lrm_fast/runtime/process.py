@@ -1,5 +1,8 @@
 """Process-wide settings every entry point applies first."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from lrm_fast.runtime.distributed import DistInfo, init_distributed
@@ -14,3 +17,15 @@ def configure_runtime(num_threads: int = 0) -> DistInfo:
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     return init_distributed()
+
+
+@contextmanager
+def threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to `count` inside the block (0: unchanged), restored after it."""
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

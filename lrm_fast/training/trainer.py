@@ -8,7 +8,9 @@ or `trainer.epochs` passes over `trainer.mini_batches` mini-batches (lrm_fast/tr
 The study's levers plug in between sampling and the update (lrm_fast/levers/scoring.py): offline sample
 injection and the relative length reward before the advantages, the sample regime after them
 (lrm_fast/levers/regimes.py). Dynamic sampling (sampling=dynamic, lrm_fast/levers/dynamic_sampling.py)
-repeats sampling and scoring in rounds until the batch holds B informative groups.
+repeats sampling and scoring in rounds until the batch holds B informative groups. With
+trainer.max_staleness > 0 a separate process samples and scores later batches while this one updates
+(lrm_fast/training/async_rollout.py).
 
 Simplifications: one optimizer step per rollout batch by default (on-policy, as in the study's baseline
 runs; its LUFFY run takes two); the learning-rate schedule counts rollout steps, as verl's does (one
@@ -18,6 +20,7 @@ and entropy terms are lost, and their tokens still count in the normalisers).
 """
 
 import json
+import math
 import time
 from contextlib import nullcontext
 from copy import deepcopy
@@ -39,12 +42,14 @@ from lrm_fast.levers.scoring import ScoredStep, lever_metrics, score_rollouts
 from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.rollout.sharded import ShardedBackend
-from lrm_fast.runtime import DistInfo, all_reduce
+from lrm_fast.runtime import DistInfo, all_reduce, threads
+from lrm_fast.training import step_metrics
 from lrm_fast.training.assembly import RunData, build_optimizer, build_policy, build_rollout, encode
+from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.training.guard import Diverged, DivergenceGuard
 from lrm_fast.training.metrics import MetricsLogger
-from lrm_fast.training.update import MISMATCH_SUMS, policy_updates
+from lrm_fast.training.update import policy_updates
 
 
 class GRPOTrainer:
@@ -73,11 +78,22 @@ class GRPOTrainer:
         self.regimes = RegimeSchedule(cfg.regime, seed=cfg.seed, rank=dist.rank)
         self.step_count, self.state = 0, {"elapsed_s": 0.0, "generated_tokens": 0}
         self._start = time.perf_counter()
-        self._resume()
+        self.pipeline, in_flight = None, self._resume()
         self.backend.sync_weights(self.model)  # a separate engine starts from the (resumed) policy
+        if cfg.trainer.max_staleness:
+            if dist.world_size > 1:
+                raise ValueError("trainer.max_staleness > 0 runs in one process (no torchrun) for now")
+            self.pipeline = AsyncRollouts(cfg, self.model, self.tokenizer, self.bank)
+            if in_flight is not None:
+                self.pipeline.load_state_dict(in_flight)
         self.logger = MetricsLogger(
             self.run_dir, cfg.trainer.steps, self.step_count, dist.is_main, cfg.trainer.progress_bar
         )
+        if self.pipeline is not None:
+            self.logger.write(
+                f"[async] rollout process {self.pipeline.process.pid}: batches sampled up to "
+                f"{cfg.trainer.max_staleness} policy versions ahead of the update"
+            )
 
     # ------------------------------------------------------------------------------------ loop
     def train(self) -> dict:
@@ -126,6 +142,8 @@ class GRPOTrainer:
         return self.step_count >= self.cfg.trainer.steps or spent
 
     def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
         if hasattr(self.backend, "close"):
             self.backend.close()
 
@@ -173,27 +191,34 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------ step
     def step(self) -> dict[str, float]:
         cfg = self.cfg
+        start = time.perf_counter()
         timings = self._timings = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
-        selection = self._select()
+        selection = self._select() if self.pipeline is None else self._select_async()
         tick = time.perf_counter()
         if selection is None:  # the last update made the policy's logits overflow: undo it
             lr = self.scheduler.get_last_lr()[0]
             self.logger.write(self.guard.bad_step(self.step_count, lr, "sampled logits", roll_back=True))
             self.backend.sync_weights(self.model)
+            if self.pipeline is not None:  # batches sampled with the undone weights are sampled again
+                self.pipeline.resubmit(self.model, version=self.step_count - 1)
             return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings}
         self.guard.rollout_ok()
         samples = selection.samples
 
         regime = self.regimes.regime(self.step_count)
         apply_regime(samples, regime, cfg.regime, self.regimes.rng(self.step_count))
+        update_start = time.monotonic()
         update, lr = self._guarded_update(samples)
         timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
+        if self.pipeline is not None:
+            timings["async/overlap_s"] = self.pipeline.overlap(update_start, time.monotonic())
         self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
         timings["time/weight_sync_s"] = time.perf_counter() - tick
+        timings["time/step_s"] = time.perf_counter() - start
         return {
             **self._sample_metrics(selection),
             "regime/negative_only": float(regime == Regime.negative),
-            **_update_metrics(update, lr),
+            **step_metrics.update_metrics(update, lr),
             **timings,
             "perf/tokens_per_s": sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9),
         }
@@ -235,6 +260,27 @@ class GRPOTrainer:
             return self._draw(round_prompts(cfg))
 
         return select_groups(draw, quota, group_size, cfg.sampling, all_full)
+
+    def _select_async(self) -> Selection | None:
+        """Batch n from the rollout process, after requesting batch n + lag with the current weights
+        W_{n-1} (the first step requests batches 1 .. 1 + lag, all with W_0)."""
+        pipeline, n, cfg = self.pipeline, self.step_count, self.cfg
+        rounds = cfg.sampling.max_rounds if cfg.sampling.name == Sampling.dynamic else 1
+        while pipeline.requested < n + pipeline.lag:
+            index = pipeline.requested + 1
+            prompts = [self.sampler.next_batch(round_prompts(cfg)) for _ in range(rounds)]
+            pipeline.request(Request(index, n - 1, prompts, request_seed(cfg.seed, index)), self.model)
+        tick = time.perf_counter()
+        result = pipeline.take(n)
+        staleness = (n - 1 - result.version) * cfg.trainer.mini_batches
+        if staleness > cfg.trainer.max_staleness:  # the schedule guarantees it; a broken one must not train
+            raise RuntimeError(
+                f"batch {n} is {staleness} policy versions old (max {cfg.trainer.max_staleness})"
+            )
+        self._timings["time/rollout_s"] = time.perf_counter() - tick  # waiting for it
+        self._timings["async/staleness"] = float(staleness)
+        self._timings["async/sampling_s"] = result.end - result.start
+        return result.selection
 
     def _draw(self, num_prompts: int) -> ScoredStep | None:
         """One sampling round: `num_prompts` prompts (this rank's share of them) sampled and scored."""
@@ -302,7 +348,7 @@ class GRPOTrainer:
         groups = M.micro_batches(samples, cfg.loss.micro_batch_tokens, packed)
         B.weight_micro_batches(groups, cfg.loss.aggregation, sum_norm)
         batches = [M.collate(group, packed, pad_id) for group in groups]
-        if cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None:
+        if cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None or self.pipeline is not None:
             for batch, group in zip(batches, groups, strict=True):
                 batch.sampler_logprobs = M.sampler_logprobs(group)
         return batches
@@ -312,7 +358,7 @@ class GRPOTrainer:
         rate they used (the schedule steps once per rollout batch)."""
         cfg = self.cfg
         self._engine_sleep()
-        with self._autocast():
+        with self._autocast(), threads(cfg.trainer.update_threads):
             update = policy_updates(
                 self.model,
                 self.ref_model,
@@ -323,12 +369,19 @@ class GRPOTrainer:
                 cfg.trainer.grad_clip,
                 epochs=cfg.trainer.epochs,
                 shaping_gamma=cfg.injection.gamma if cfg.injection.shaping else None,
-                tis_cap=cfg.rollout.tis_cap,
+                tis_cap=self._tis_cap(),
                 clip_policy_tokens=cfg.injection.clip_policy_tokens,
             )
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         return update, lr
+
+    def _tis_cap(self) -> float | None:
+        """rollout.tis_cap; asynchronous rollouts always weight stale tokens by pi_prox / mu (decoupled
+        PPO), so there null means no cap rather than no weight."""
+        if self.cfg.rollout.tis_cap is None and self.pipeline is not None:
+            return math.inf
+        return self.cfg.rollout.tis_cap
 
     def _sample_metrics(self, selection: Selection) -> dict[str, float]:
         """Rewards, accuracy, zero-advantage shares (before / after the levers), lengths and lever counts,
@@ -361,7 +414,9 @@ class GRPOTrainer:
             "shaped_groups": scored.shaped_groups,
             "generated_tokens": selection.generated_tokens,
             **scored.counts,
-            **(_selection_counts(selection) if self.cfg.sampling.name == Sampling.dynamic else {}),
+            **(
+                step_metrics.selection_counts(selection) if self.cfg.sampling.name == Sampling.dynamic else {}
+            ),
         }
         summed = all_reduce(torch.tensor(list(values.values()), dtype=torch.float64)).tolist()
         totals = dict(zip(values, summed, strict=True))
@@ -370,8 +425,8 @@ class GRPOTrainer:
             "rollout/generated_tokens": totals["generated_tokens"],
             "rollout/generated_tokens_total": float(self.state["generated_tokens"]),
         }
-        sampling = _sampling_metrics(totals, selection.rounds) if "kept_groups" in totals else {}
-        return {**_shares(totals), **lever_metrics(totals), **tokens, **sampling}
+        sampling = step_metrics.sampling_metrics(totals, selection.rounds) if "kept_groups" in totals else {}
+        return {**step_metrics.shares(totals), **lever_metrics(totals), **tokens, **sampling}
 
     def _generating(self):
         """Sampling with our own loop on the FSDP policy needs its parameters gathered; a vLLM engine
@@ -403,6 +458,8 @@ class GRPOTrainer:
             "regimes": self.regimes.state_dict(),
             **self.state,
         }
+        if self.pipeline is not None:  # the batches in flight were sampled with weights not saved here
+            trainer_state["async"] = self.pipeline.state_dict()
         save_checkpoint(
             self.run_dir,
             self.step_count,
@@ -412,79 +469,21 @@ class GRPOTrainer:
             keep=self.cfg.trainer.keep_checkpoints,
         )
 
-    def _resume(self) -> None:
+    def _resume(self) -> dict | None:
+        """Load the last checkpoint, if any; returns its asynchronous rollouts in flight (or None)."""
         checkpoints = list_checkpoints(self.run_dir)
         if not checkpoints:
-            return
+            return None
         state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
         self.sampler.load_state_dict(state.pop("sampler"))
         self.scheduler.load_state_dict(state.pop("scheduler"))
         self.regimes.load_state_dict(state.pop("regimes"))
         self.step_count = state.pop("step")
+        in_flight = state.pop("async", None)
         self.state = state
-
-
-def _update_metrics(update, lr: float) -> dict[str, float]:
-    return {
-        "loss/policy": update.loss,
-        "loss/clip_fraction": update.stats["clip_fraction"],
-        "loss/dual_clip_fraction": update.stats["dual_clip_fraction"],
-        "loss/approx_kl": update.stats["approx_kl"],
-        "loss/ref_kl": update.stats["ref_kl"],
-        "loss/entropy": update.stats["entropy"],
-        "loss/kept_tokens": update.stats["kept_tokens"],
-        "optim/grad_norm": update.grad_norm,
-        "optim/skipped": float(update.skipped),
-        "optim/steps": float(update.steps),
-        "optim/lr": lr,
-        # Sampler vs trainer log-probs (rollout.log_mismatch / tis_cap); absent when not measured.
-        **{f"rollout/{k}": update.stats[k] for k in MISMATCH_SUMS[:-1] if k in update.stats},
-    }
-
-
-def _selection_counts(selection: Selection) -> dict[str, float]:
-    return {
-        "prompts": selection.prompts,
-        "informative": selection.informative,
-        "kept_groups": selection.kept,
-        "padded_groups": selection.padded,
-    }
-
-
-def _sampling_metrics(t: dict[str, float], rounds: int) -> dict[str, float]:
-    """Dynamic sampling's rounds (every rank runs the same ones) and its groups, summed over ranks."""
-    return {
-        "sampling/rounds": float(rounds),
-        "sampling/prompts": t["prompts"],
-        "sampling/informative_groups": t["informative"],
-        "sampling/kept_groups": t["kept_groups"],
-        "sampling/padded_groups": t["padded_groups"],
-        "sampling/prompts_per_kept_group": t["prompts"] / max(t["kept_groups"], 1.0),
-    }
+        return in_flight
 
 
 def _use_bf16(mixed_precision: MixedPrecision, device: torch.device) -> bool:
     auto_cuda = mixed_precision == MixedPrecision.auto and device.type == "cuda"
     return mixed_precision == MixedPrecision.bf16 or auto_cuda
-
-
-def _shares(t: dict[str, float]) -> dict[str, float]:
-    """The step's metrics from its counts summed over ranks: means per response, shares per group."""
-    n, groups = t["responses"], t["groups"]
-    return {
-        "reward/mean": t["reward"] / n,
-        "reward/accuracy": t["correct"] / n,
-        "zero_adv/ratio": (t["all_correct"] + t["all_wrong"]) / groups,
-        "zero_adv/all_correct": t["all_correct"] / groups,
-        "zero_adv/all_wrong": t["all_wrong"] / groups,
-        "zero_adv/ratio_before": (t["all_correct_before"] + t["all_wrong_before"]) / groups,
-        "zero_adv/all_correct_before": t["all_correct_before"] / groups,
-        "zero_adv/all_wrong_before": t["all_wrong_before"] / groups,
-        "length/response_mean": (t["len_correct"] + t["len_wrong"]) / max(n - t["injected"], 1),
-        "length/correct_mean": t["len_correct"] / max(t["n_correct"], 1),
-        "length/incorrect_mean": t["len_wrong"] / max(t["n_wrong"], 1),
-        "batch/forwarded_responses": t["forwarded"],
-        "regime/kept_responses": t["kept"],
-        "injection/responses": t["injected"],
-        "reward/rlr_shaped_groups": t["shaped_groups"],
-    }

@@ -1,0 +1,81 @@
+"""The rollout process of asynchronous GRPO: the weights it samples with, and the off-policy correction
+of its stale samples (decoupled clip, truncated importance weight), against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+from trainer_fixtures import synthetic_samples, tiny_model
+
+from lrm_fast.batching import micro_batches as M
+from lrm_fast.batching import samples as B
+from lrm_fast.config import LossConfig, TinyModelConfig, TrainConfig
+from lrm_fast.data.sources import arithmetic_examples
+from lrm_fast.data.tokenizer import build_tokenizer
+from lrm_fast.kernels import token_logprobs
+from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
+from lrm_fast.training.async_rollout import AsyncRollouts, Request
+from lrm_fast.training.update import micro_batch_loss, response_logits
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def trainer_logprobs(model, samples, temperature):
+    batch = M.collate(samples, False)
+    with torch.no_grad():
+        return token_logprobs(response_logits(model, batch), batch.targets, temperature=temperature)
+
+
+def test_pushed_weights_reach_the_rollout_process():
+    tokenizer = build_tokenizer()
+    shape = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+    config = tiny_qwen2_config(len(tokenizer), shape, pad_token_id=tokenizer.pad_token_id)
+    model = build_model(config, seed=0)
+    cfg = TrainConfig()
+    cfg.trainer.max_staleness, cfg.trainer.num_threads = 1, 1
+    cfg.rollout.group_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature = 2, 12, 0.8
+    examples = arithmetic_examples(3, "train", 0, cfg.data.difficulty)
+    pipeline = AsyncRollouts(cfg, model, tokenizer, None)
+    try:
+        pipeline.request(Request(1, 0, [examples], seed=1), model)
+        before = pipeline.take(1).selection.samples
+        with torch.no_grad():  # a new policy: the next request must carry it
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        pipeline.request(Request(2, 1, [examples], seed=1), model)
+        after = pipeline.take(2).selection.samples
+    finally:
+        pipeline.close()
+    assert not pipeline.process.is_alive()
+    sampled = M.sampler_logprobs(after)
+    torch.testing.assert_close(sampled, trainer_logprobs(model, after, 0.8), rtol=0, atol=1e-5)
+    # The first batch came from the old weights, which the trainer no longer has.
+    stale = M.sampler_logprobs(before) - trainer_logprobs(model, before, 0.8)
+    assert stale.abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("tis_cap", [1.2, math.inf], ids=["capped", "uncapped"])
+def test_decoupled_clip_and_importance_weight_by_hand(tis_cap):
+    """Behaviour mu (the sampler), proximal pi_prox (old_logprobs) and the trained pi_theta all differ:
+    the clip acts on pi_theta / pi_prox, the weight is min(pi_prox / mu, tis_cap)."""
+    model = tiny_model()
+    samples = synthetic_samples(num_groups=2, group_size=4)
+    B.assign_advantages(samples, 4, "std")
+    B.assign_weights(samples, "token_mean", B.local_normalisers(samples), sum_norm_length=10)
+    batch = M.collate(samples, False)
+    current = trainer_logprobs(model, samples, 1.0)
+    n = len(current)
+    shift = torch.linspace(-0.5, 0.5, n)  # log pi_theta - log pi_prox: ratios 0.61 .. 1.65, some clipped
+    gap = torch.linspace(0.4, -0.4, n)  # log pi_prox - log mu: weights 1.49 .. 0.67, some truncated
+    batch.old_logprobs = current - shift
+    batch.sampler_logprobs = batch.old_logprobs - gap
+    loss_cfg = LossConfig(backend="torch", clip_low=0.2, clip_high=0.28, kl_coef=0.0, entropy_coef=0.0)
+    loss, _ = micro_batch_loss(model, None, batch, loss_cfg, 1.0, tis_cap=tis_cap)
+
+    rho, advantage = shift.exp(), batch.advantages
+    weight = gap.exp().clamp(max=tis_cap)
+    per_token = torch.maximum(-advantage * rho, -advantage * rho.clamp(0.8, 1.28))
+    expected = (batch.weights * weight * per_token).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-8)
+    clipped = (-advantage * rho.clamp(0.8, 1.28) > -advantage * rho) & (advantage != 0)
+    assert 0 < clipped.sum() < n
