@@ -23,9 +23,10 @@ from pathlib import Path
 from lrm_fast.training.metrics import read_metrics
 
 ARMS = {
-    "sync": [],  # the main job as it is: one thread for sampling and update
-    "sync_update_threads_2": ["trainer.update_threads=2"],  # the update on both cores
-    "async": ["trainer.max_staleness=1"],  # sampling in its own process, one batch ahead
+    "sync": [],  # the main job: sampling on one thread, the update on every core
+    "sync_update_threads_1": ["trainer.update_threads=1"],  # everything on one thread
+    "async": ["trainer.max_staleness=1"],  # one core to each side (on 2 cores)
+    "async_update_threads_2": ["trainer.max_staleness=1", "trainer.update_threads=2"],  # cores shared
 }
 
 

@@ -332,12 +332,13 @@ class TrainerConfig:
     # compares configurations at an equal rollout-token budget. The schedule still counts `steps`.
     token_budget: int | None = None
     num_threads: int = 0  # torch intra-op threads on CPU (0: torch's default; the tiny model runs best on 1)
-    # Threads of the policy update on CPU (0: num_threads), so sampling can stay on one thread while the
-    # update uses more cores.
+    # Threads of the policy update on CPU, so sampling can stay on one thread while the update uses more
+    # cores. 0: every core (torch's default), less the rollout process's num_threads with max_staleness > 0.
+    # Measured on 2 cores (benchmarks/RESULTS.md): the update takes 40% less time on both than on one.
     update_threads: int = 0
     # Asynchronous rollouts (lrm_fast/training/async_rollout.py): 0 is the synchronous loop; k >= 1 samples
     # later batches in a separate process while the current one is trained, no sample more than k policy
-    # versions (optimizer steps) old when trained on. A multiple of mini_batches; hf rollouts, one process.
+    # versions (optimizer steps) old when trained on. A multiple of mini_batches; one trainer process.
     max_staleness: int = 0
     progress_bar: bool = True
 

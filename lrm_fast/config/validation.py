@@ -12,7 +12,6 @@ from lrm_fast.config.choices import (
     Injection,
     ModelSource,
     Regime,
-    RolloutEngine,
     Sampling,
     Truncated,
 )
@@ -207,10 +206,6 @@ def _validate_trainer(cfg: TrainConfig) -> None:
         multiple = trainer.max_staleness % trainer.mini_batches == 0
         requirement = f"a multiple of trainer.mini_batches ({trainer.mini_batches})"
         _check(multiple, "trainer.max_staleness", requirement, trainer.max_staleness)
-        if cfg.rollout.backend != RolloutEngine.hf:
-            raise ValueError(
-                "trainer.max_staleness > 0 needs rollout=hf (the rollout process samples with it)"
-            )
     if trainer.token_budget is not None:
         _positive("trainer.token_budget", trainer.token_budget)
     # Equal mini-batches of whole groups, as verl's (its train_batch_size is a multiple of the mini-batch).

@@ -12,8 +12,9 @@ A policy version is one optimizer step, so batch n is trained lag * mini_batches
 weights that sampled it: never more than max_staleness. Each request carries its own seed (from the run's
 seed and the batch's index), so what a batch holds is a function of its weights and prompts alone.
 
-The rollout side is a process with its own copy of the policy (hf backend, `trainer.num_threads` threads)
-that samples and scores (grading, OSI, rewards, RLR, and dynamic sampling's refill rounds, all with the
+The rollout side is a process with its own copy of the policy (`trainer.num_threads` threads) that samples
+with it (rollout=hf) or with a vLLM engine of its own that gets every new copy pushed in (rollout=vllm), and
+scores (grading, OSI, rewards, RLR, and dynamic sampling's refill rounds, all with the
 batch's weights). The weights reach it through a shared-memory queue (torch.multiprocessing), not disk.
 With dynamic sampling each request reserves max_rounds rounds of prompts when it is made; the rounds a
 batch does not need are skipped, so a prompt order differs from the synchronous loop's.
@@ -61,7 +62,6 @@ from lrm_fast.levers.dynamic_sampling import Selection, select_groups, static_se
 from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.levers.scoring import ScoredStep, score_rollouts
 from lrm_fast.rollout import NonFiniteError, SamplingParams
-from lrm_fast.rollout.hf import HFRolloutBackend
 
 # How often a waiting side checks that the other is still alive (seconds).
 POLL_S = 0.5
@@ -196,12 +196,15 @@ def _serve(requests, results, model, tokenizer, cfg: TrainConfig, bank) -> None:
     torch.set_flush_denormal(True)  # as configure_runtime: subnormals slow CPU steps about 10x
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
-    backend = HFRolloutBackend(model, tokenizer, max_batch_size=cfg.rollout.generation_batch_size)
+    from lrm_fast.training.assembly import build_rollout  # the trainer's own choice of engine
+
     try:
+        backend = build_rollout(cfg, model, tokenizer)  # hf: samples with `model`; vllm: an engine of its own
         while (message := requests.get()) is not None:
             request, weights = message
             if weights is not None:
                 model.load_state_dict(weights)
+                backend.sync_weights(model)  # hf: nothing to do; vllm: the push into the engine
             start = time.monotonic()
             results.put(("started", (request.index, start)))
             selection = sample_request(request, backend, tokenizer, cfg, bank)

@@ -42,7 +42,7 @@ from lrm_fast.levers.scoring import ScoredStep, lever_metrics, score_rollouts
 from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.rollout.sharded import ShardedBackend
-from lrm_fast.runtime import DistInfo, all_reduce, threads
+from lrm_fast.runtime import DEFAULT_THREADS, DistInfo, all_reduce, threads
 from lrm_fast.training import step_metrics
 from lrm_fast.training.assembly import RunData, build_optimizer, build_policy, build_rollout, encode
 from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed
@@ -358,7 +358,7 @@ class GRPOTrainer:
         rate they used (the schedule steps once per rollout batch)."""
         cfg = self.cfg
         self._engine_sleep()
-        with self._autocast(), threads(cfg.trainer.update_threads):
+        with self._autocast(), threads(self._update_threads()):
             update = policy_updates(
                 self.model,
                 self.ref_model,
@@ -375,6 +375,14 @@ class GRPOTrainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         return update, lr
+
+    def _update_threads(self) -> int:
+        """trainer.update_threads, or every core (less the rollout process's, when there is one)."""
+        if self.cfg.trainer.update_threads:
+            return self.cfg.trainer.update_threads
+        if self.pipeline is None:
+            return DEFAULT_THREADS
+        return max(1, DEFAULT_THREADS - max(self.cfg.trainer.num_threads, 1))
 
     def _tis_cap(self) -> float | None:
         """rollout.tis_cap; asynchronous rollouts always weight stale tokens by pi_prox / mu (decoupled

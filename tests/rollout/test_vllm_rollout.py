@@ -251,3 +251,47 @@ def test_eval_cli_with_the_vllm_backend(tmp_path):
     assert stored == entry["summary"]["samples"] == 2 * 2 * 16
     greedy = {b: [(p["greedy"]["text"], p["greedy"]["length"]) for p in runs[b]["problems"]] for b in runs}
     assert greedy["vllm"] == greedy["hf"]
+
+
+@pytest.mark.slow
+def test_async_rollouts_push_weights_into_a_separate_engine(tmp_path):
+    """trainer.max_staleness with rollout=vllm: the rollout process runs an engine of its own, and samples
+    with the weights pushed to it (sampler / trainer gap at fp32 noise), not those it started from."""
+    _vllm_or_skip()
+    from lrm_fast.batching import micro_batches as M
+    from lrm_fast.config import TrainConfig
+    from lrm_fast.data.sources import arithmetic_examples
+    from lrm_fast.kernels import token_logprobs
+    from lrm_fast.training.assembly import build_policy
+    from lrm_fast.training.async_rollout import AsyncRollouts, Request
+    from lrm_fast.training.update import response_logits
+
+    cfg = TrainConfig()
+    cfg.cold_start.steps, cfg.cold_start.batch_size, cfg.cold_start.warmup_steps = 40, 32, 5
+    cfg.cold_start.num_problems, cfg.cold_start.cache_dir = 2000, str(tmp_path / "cache")
+    cfg.rollout.backend, cfg.rollout.group_size, cfg.rollout.max_new_tokens = "vllm", 2, 24
+    cfg.trainer.max_staleness, cfg.trainer.num_threads = 1, 1
+    model, tokenizer = build_policy(cfg, torch.device("cpu"))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # the trainer's weights move away from the checkpoint the engine starts from
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pipeline = AsyncRollouts(cfg, model, tokenizer, None)
+    try:
+        examples = arithmetic_examples(4, "train", 0, cfg.data.difficulty)
+        pipeline.request(Request(1, 0, [examples], seed=1), model)
+        samples = pipeline.take(1).selection.samples
+    finally:
+        pipeline.close()
+    assert not pipeline.process.is_alive()
+
+    def gap_to(weights):
+        model.load_state_dict(weights)
+        batch = M.collate(samples, False)
+        with torch.no_grad():
+            logp = token_logprobs(response_logits(model, batch), batch.targets, temperature=1.0)
+        return (M.sampler_logprobs(samples) - logp).abs().max().item()
+
+    pushed = {k: v.clone() for k, v in model.state_dict().items()}
+    assert gap_to(pushed) < 1e-4
+    assert gap_to(start) > 1e-2

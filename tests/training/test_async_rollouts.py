@@ -26,7 +26,7 @@ def trainer_logprobs(model, samples, temperature):
         return token_logprobs(response_logits(model, batch), batch.targets, temperature=temperature)
 
 
-def test_pushed_weights_reach_the_rollout_process():
+def small_policy_and_config():
     tokenizer = build_tokenizer()
     shape = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
     config = tiny_qwen2_config(len(tokenizer), shape, pad_token_id=tokenizer.pad_token_id)
@@ -34,14 +34,23 @@ def test_pushed_weights_reach_the_rollout_process():
     cfg = TrainConfig()
     cfg.trainer.max_staleness, cfg.trainer.num_threads = 1, 1
     cfg.rollout.group_size, cfg.rollout.max_new_tokens, cfg.rollout.temperature = 2, 12, 0.8
+    return model, tokenizer, cfg
+
+
+def perturb(model, scale=0.1):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def test_pushed_weights_reach_the_rollout_process():
+    model, tokenizer, cfg = small_policy_and_config()
     examples = arithmetic_examples(3, "train", 0, cfg.data.difficulty)
     pipeline = AsyncRollouts(cfg, model, tokenizer, None)
     try:
         pipeline.request(Request(1, 0, [examples], seed=1), model)
         before = pipeline.take(1).selection.samples
-        with torch.no_grad():  # a new policy: the next request must carry it
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
+        perturb(model)  # a new policy: the next request must carry it
         pipeline.request(Request(2, 1, [examples], seed=1), model)
         after = pipeline.take(2).selection.samples
     finally:
@@ -52,6 +61,28 @@ def test_pushed_weights_reach_the_rollout_process():
     # The first batch came from the old weights, which the trainer no longer has.
     stale = M.sampler_logprobs(before) - trainer_logprobs(model, before, 0.8)
     assert stale.abs().max() > 1e-2
+
+
+def test_a_rollback_samples_the_batches_in_flight_again_with_the_restored_weights():
+    model, tokenizer, cfg = small_policy_and_config()
+    examples = arithmetic_examples(2, "train", 0, cfg.data.difficulty)
+    pipeline = AsyncRollouts(cfg, model, tokenizer, None)
+    try:
+        restored = {k: v.clone() for k, v in model.state_dict().items()}
+        perturb(model)  # the update a rollback will undo
+        for index in (1, 2):
+            pipeline.request(Request(index, 3, [examples], seed=index), model)
+        model.load_state_dict(restored)
+        pipeline.resubmit(model, version=2)
+        results = [pipeline.take(1), pipeline.take(2)]
+    finally:
+        pipeline.close()
+    assert [(r.index, r.version) for r in results] == [(1, 2), (2, 2)]
+    for result in results:
+        samples = result.selection.samples
+        gap = M.sampler_logprobs(samples) - trainer_logprobs(model, samples, 0.8)
+        assert gap.abs().max() < 1e-5
+    assert not pipeline.sent and not pipeline.outstanding
 
 
 @pytest.mark.parametrize("tis_cap", [1.2, math.inf], ids=["capped", "uncapped"])
