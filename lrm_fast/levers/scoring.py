@@ -93,6 +93,24 @@ def score_rollouts(
     injected = 0
     if injection.name == Injection.osi:
         injected = inject(samples, examples, group_size, injection, bank, answers, tokenizer)
+    shaped_groups, penalties, counts = _assign_rewards(samples, group_size, reward, tokenizer, max_new_tokens)
+    B.assign_advantages(samples, group_size, advantage_scale)
+    if reward.truncated != Truncated.keep:
+        eos = tokenizer.eos_token_id
+        counts["truncation_masked"] = mask_truncated(
+            samples, penalties, max_new_tokens, reward.truncated, eos
+        )
+    after = _zero_variance_after(samples, group_size)
+    generated = sum(len(r.response_ids) for r in rollouts)
+    return ScoredStep(samples, before, after, injected, shaped_groups, counts, generated)
+
+
+def _assign_rewards(
+    samples: list[B.Sample], group_size: int, reward: RewardConfig, tokenizer, max_new_tokens: int | None
+) -> tuple[int, list[float], dict[str, float]]:
+    """Each sample's final reward: binary or RLR, plus the repetition and overlong rewards (in place).
+    Returns the RLR-shaped groups, the repetition penalties (truncation masking reads them) and the
+    opt-in levers' counts."""
     rewards, shaped_groups = _rewards(samples, group_size, reward)
     penalties, counts = [0.0] * len(samples), {}
     if reward.repetition_penalty:
@@ -109,15 +127,7 @@ def score_rollouts(
         counts["overlong_penalised"] = sum(p != 0 for p in overlong)
     for s, r, p, o in zip(samples, rewards, penalties, overlong, strict=True):
         s.reward = r + p + o
-    B.assign_advantages(samples, group_size, advantage_scale)
-    if reward.truncated != Truncated.keep:
-        eos = tokenizer.eos_token_id
-        counts["truncation_masked"] = mask_truncated(
-            samples, penalties, max_new_tokens, reward.truncated, eos
-        )
-    after = _zero_variance_after(samples, group_size)
-    generated = sum(len(r.response_ids) for r in rollouts)
-    return ScoredStep(samples, before, after, injected, shaped_groups, counts, generated)
+    return shaped_groups, penalties, counts
 
 
 def mask_truncated(
