@@ -193,6 +193,7 @@ class GRPOTrainer:
         cfg = self.cfg
         start = time.perf_counter()
         timings = self._timings = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
+        self._async = {}  # the asynchronous pipeline's numbers (staleness, overlap), not phase times
         selection = self._select() if self.pipeline is None else self._select_async()
         tick = time.perf_counter()
         if selection is None:  # the last update made the policy's logits overflow: undo it
@@ -201,7 +202,7 @@ class GRPOTrainer:
             self.backend.sync_weights(self.model)
             if self.pipeline is not None:  # batches sampled with the undone weights are sampled again
                 self.pipeline.resubmit(self.model, version=self.step_count - 1)
-            return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings}
+            return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings, **self._async}
         self.guard.rollout_ok()
         samples = selection.samples
 
@@ -211,16 +212,18 @@ class GRPOTrainer:
         update, lr = self._guarded_update(samples)
         timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
         if self.pipeline is not None:
-            timings["async/overlap_s"] = self.pipeline.overlap(update_start, time.monotonic())
+            self._async["async/overlap_s"] = self.pipeline.overlap(update_start, time.monotonic())
         self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
         timings["time/weight_sync_s"] = time.perf_counter() - tick
-        timings["time/step_s"] = time.perf_counter() - start
+        tokens_per_s = sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9)
         return {
             **self._sample_metrics(selection),
             "regime/negative_only": float(regime == Regime.negative),
             **step_metrics.update_metrics(update, lr),
             **timings,
-            "perf/tokens_per_s": sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9),
+            "time/step_s": time.perf_counter() - start,
+            **self._async,
+            "perf/tokens_per_s": tokens_per_s,
         }
 
     def _guarded_update(self, samples):
@@ -278,8 +281,8 @@ class GRPOTrainer:
                 f"batch {n} is {staleness} policy versions old (max {cfg.trainer.max_staleness})"
             )
         self._timings["time/rollout_s"] = time.perf_counter() - tick  # waiting for it
-        self._timings["async/staleness"] = float(staleness)
-        self._timings["async/sampling_s"] = result.end - result.start
+        self._async["async/staleness"] = float(staleness)
+        self._async["async/sampling_s"] = result.end - result.start
         return result.selection
 
     def _draw(self, num_prompts: int) -> ScoredStep | None:
