@@ -160,12 +160,7 @@ def _validate_sampling(cfg: TrainConfig) -> None:
     sampling = cfg.sampling
     _at_least("sampling.oversample", sampling.oversample, 1)
     _at_least("sampling.max_rounds", sampling.max_rounds, 1)
-    # Static steps draw B prompts, which the trainer's own check covers; a file dataset's size is
-    # checked once it is read.
-    if sampling.name == Sampling.dynamic and cfg.data.name == DataSource.arithmetic:
-        prompts = round_prompts(cfg)
-        requirement = f"at most data.train_problems ({cfg.data.train_problems}) prompts per round"
-        _check(prompts <= cfg.data.train_problems, "sampling.oversample", requirement, sampling.oversample)
+    # Prompts per round against the dataset's size: load_run_data, once the data is read.
 
 
 def round_prompts(cfg: TrainConfig) -> int:

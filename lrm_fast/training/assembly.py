@@ -6,11 +6,13 @@ import torch
 
 from lrm_fast.config import ModelConfig, TrainConfig, TrainerConfig
 from lrm_fast.config.choices import DataSource, Injection, ModelSource, RolloutEngine
+from lrm_fast.config.validation import round_prompts
 from lrm_fast.data.examples import PromptExample
 from lrm_fast.data.prompts import encode_prompts, prompt_template
 from lrm_fast.data.sources import load_examples
 from lrm_fast.data.tokenizer import load_tokenizer
 from lrm_fast.levers.injection import load_solution_bank
+from lrm_fast.levers.scoring import ScoredStep, score_rollouts
 from lrm_fast.model.causal_lm import load_model
 from lrm_fast.model.cold_start import cached_cold_start
 from lrm_fast.model.optim import adamw
@@ -36,13 +38,17 @@ def load_run_data(cfg: TrainConfig, world_size: int) -> RunData:
         raise ValueError(
             f"trainer.prompts_per_step={batch} must be a multiple of the world size {world_size}"
         )
+    file = cfg.data.name == DataSource.file
+    source = f"data.train_path={cfg.data.train_path}" if file else "the built-in task (data.train_problems)"
     if batch > len(train):
-        file = cfg.data.name == DataSource.file
-        source = (
-            f"data.train_path={cfg.data.train_path}" if file else "the built-in task (data.train_problems)"
-        )
         raise ValueError(
             f"trainer.prompts_per_step={batch} is more than the {len(train)} prompts of {source}"
+        )
+    per_round = round_prompts(cfg)  # dynamic sampling's rounds draw ceil(oversample * B) prompts
+    if per_round > len(train):
+        raise ValueError(
+            f"sampling.oversample={cfg.sampling.oversample} draws {per_round} prompts per round, more than "
+            f"the {len(train)} prompts of {source}"
         )
     bank_path = cfg.injection.bank_path if cfg.injection.name == Injection.osi else None
     return RunData(train, heldout, load_solution_bank(bank_path) if bank_path else None)
@@ -98,6 +104,21 @@ def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer):
     from lrm_fast.rollout.vllm import VLLMRolloutBackend
 
     return VLLMRolloutBackend(policy_path(cfg), tokenizer, cfg.rollout, seed=cfg.seed)
+
+
+def score(cfg: TrainConfig, examples: list[PromptExample], rollouts, tokenizer, bank) -> ScoredStep:
+    """One round's rollouts graded, rewarded and given advantages with the run's settings."""
+    return score_rollouts(
+        examples,
+        rollouts,
+        cfg.rollout.group_size,
+        tokenizer,
+        cfg.reward,
+        cfg.injection,
+        bank,
+        cfg.loss.advantage_scale,
+        cfg.rollout.max_new_tokens,
+    )
 
 
 def encode(examples: list[PromptExample], tokenizer, cfg: TrainConfig) -> list[list[int]]:

@@ -60,7 +60,7 @@ from lrm_fast.config.choices import Sampling
 from lrm_fast.data.examples import PromptExample
 from lrm_fast.levers.dynamic_sampling import Selection, select_groups, static_selection
 from lrm_fast.levers.injection import SolutionBank
-from lrm_fast.levers.scoring import ScoredStep, score_rollouts
+from lrm_fast.levers.scoring import ScoredStep
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 
 # How often a waiting side checks that the other is still alive (seconds).
@@ -217,7 +217,7 @@ def _serve(requests, results, model, tokenizer, cfg: TrainConfig, bank) -> None:
 
 def sample_request(request: Request, backend, tokenizer, cfg: TrainConfig, bank) -> Selection | None:
     """One batch: its first round, and under dynamic sampling its refill rounds, sampled and scored."""
-    from lrm_fast.training.assembly import encode  # the training package's own helper
+    from lrm_fast.training.assembly import encode, score  # the training package's own helpers
 
     rounds = iter(enumerate(request.rounds))
     group_size = cfg.rollout.group_size
@@ -231,17 +231,7 @@ def sample_request(request: Request, backend, tokenizer, cfg: TrainConfig, bank)
             rollouts = backend.generate(encode(examples, tokenizer, cfg), group_size, params)
         except NonFiniteError:
             return None
-        return score_rollouts(
-            examples,
-            rollouts,
-            group_size,
-            tokenizer,
-            cfg.reward,
-            cfg.injection,
-            bank,
-            cfg.loss.advantage_scale,
-            rollout.max_new_tokens,
-        )
+        return score(cfg, examples, rollouts, tokenizer, bank)
 
     if cfg.sampling.name == Sampling.static:
         scored = draw()

@@ -35,16 +35,23 @@ from lrm_fast.config.choices import Injection, MixedPrecision, Regime, RolloutEn
 from lrm_fast.config.validation import round_prompts
 from lrm_fast.data.sampler import PromptSampler
 from lrm_fast.evaluation.multi_round import evaluate as evaluate_benchmark
-from lrm_fast.levers.dynamic_sampling import Selection, select_groups
+from lrm_fast.levers.dynamic_sampling import Selection, select_groups, static_selection
 from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.levers.regimes import RegimeSchedule, apply_regime
-from lrm_fast.levers.scoring import ScoredStep, lever_metrics, score_rollouts
+from lrm_fast.levers.scoring import ScoredStep, lever_metrics
 from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.rollout.sharded import ShardedBackend
 from lrm_fast.runtime import DEFAULT_THREADS, DistInfo, all_reduce, threads
 from lrm_fast.training import step_metrics
-from lrm_fast.training.assembly import RunData, build_optimizer, build_policy, build_rollout, encode
+from lrm_fast.training.assembly import (
+    RunData,
+    build_optimizer,
+    build_policy,
+    build_rollout,
+    encode,
+    score,
+)
 from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.training.guard import Diverged, DivergenceGuard
@@ -68,11 +75,6 @@ class GRPOTrainer:
         self.guard = DivergenceGuard(self.model, self.optimizer, self.scheduler, cfg.trainer.max_bad_steps)
         self.heldout_prompts = encode(self.heldout_examples, self.tokenizer, cfg)
         self.sampler = PromptSampler(self.train_examples, cfg.trainer.prompts_per_step, seed=cfg.seed)
-        if round_prompts(cfg) > len(self.train_examples):
-            raise ValueError(
-                f"sampling.oversample must leave at most {len(self.train_examples)} prompts per round (the "
-                f"training problems), got {cfg.sampling.oversample} x {cfg.trainer.prompts_per_step}"
-            )
         self.backend = build_rollout(cfg, self.model, self.tokenizer)
         self.bank = self._solution_bank(data.solutions_by_id)
         self.regimes = RegimeSchedule(cfg.regime, seed=cfg.seed, rank=dist.rank)
@@ -247,12 +249,7 @@ class GRPOTrainer:
         group_size = cfg.rollout.group_size
         if cfg.sampling.name == Sampling.static:
             scored = self._draw(cfg.trainer.prompts_per_step)
-            if scored is None:
-                return None
-            prompts = len(scored.samples) // group_size
-            return Selection(
-                scored.samples, scored, prompts=prompts, generated_tokens=scored.generated_tokens
-            )
+            return None if scored is None else static_selection(scored, group_size)
         quota = len(range(rank, cfg.trainer.prompts_per_step, world))
 
         def all_full(full: bool) -> bool:
@@ -294,17 +291,7 @@ class GRPOTrainer:
         if rollouts is None:
             return None
         tick = time.perf_counter()
-        scored = score_rollouts(
-            examples,
-            rollouts,
-            cfg.rollout.group_size,
-            self.tokenizer,
-            cfg.reward,
-            cfg.injection,
-            self.bank,
-            cfg.loss.advantage_scale,
-            cfg.rollout.max_new_tokens,
-        )
+        scored = score(cfg, examples, rollouts, self.tokenizer, self.bank)
         self._timings["time/reward_s"] += time.perf_counter() - tick
         return scored
 
