@@ -6,10 +6,21 @@ reasoning markers ``<think> </think> \boxed{`` as single tokens, and one token p
 tokens, as ``<think>`` is in Qwen3 and R1-distilled tokenizers, so ``decode(...,
 skip_special_tokens=True)`` keeps them and the verifier still sees ``\boxed{...}``.
 
-Unknown characters map to ``<|unk|>`` rather than raising: transformers, chat templates and vLLM
-call the Rust backend directly, which cannot raise, and a decode must never fail. Data entering
-training is checked instead with `require_known`, which raises a `ValueError` naming the
-characters, so a wrong dataset fails loudly at the boundary instead of training on ``<|unk|>``.
+The backend is written the way transformers' ``Qwen2Tokenizer`` builds one: a byte-level BPE with the
+Qwen2 split regex, NFC and a ByteLevel decoder. It has no merges, so every character is its own token;
+space and newline are spelled ``Ġ`` and ``Ċ`` in the vocabulary, as bytes are in byte-level BPE. Why
+not something simpler: the trained model is saved with ``model_type=qwen2`` (vLLM runs it as Qwen2),
+and transformers 5 (5.19 and later, at least) loads the tokenizer of such a directory as
+``Qwen2Tokenizer``, which keeps only the vocabulary and merges of tokenizer.json and rebuilds the rest.
+Any other backend would encode differently once saved and loaded; this one comes back the same whether
+a version rebuilds it or reads tokenizer.json as it is.
+
+Characters outside the vocabulary are dropped when encoding, as byte-level BPE without an unknown
+token does (transformers, chat templates and vLLM call the Rust backend directly, which cannot raise,
+and a decode must never fail). ``<|unk|>`` stays in the vocabulary as the unk token, but only the
+literal text ``<|unk|>`` encodes to it. Data entering training is checked instead with
+`require_known`, which raises a `ValueError` naming the characters, so a wrong dataset fails loudly at
+the boundary instead of training on text with characters missing.
 
 Chat format (one turn; ``apply_chat_template(..., add_generation_prompt=True)`` gives the prompt)::
 
@@ -18,7 +29,7 @@ Chat format (one turn; ``apply_chat_template(..., add_generation_prompt=True)`` 
 and the response the model writes is ``<think>...</think>\boxed{...}<|im_end|>``.
 """
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 ALPHABET = "0123456789+-*()=, \n}"
@@ -47,17 +58,44 @@ CHAT_TEMPLATE = (
 )
 
 
+# Qwen2Tokenizer's split (transformers, models/qwen2/tokenization_qwen2.py). With no merges it changes
+# no id; it is here so that the backend equals the one Qwen2Tokenizer rebuilds, offsets included.
+QWEN2_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
+)
+
+
 def build_tokenizer(alphabet: str = ALPHABET) -> PreTrainedTokenizerFast:
     """A fresh character-level tokenizer; ids: special tokens, then markers, then `alphabet`."""
     if len(set(alphabet)) != len(alphabet):
         raise ValueError(f"alphabet has repeated characters: {alphabet!r}")
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *MARKER_TOKENS, *alphabet))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    # Every character is its own pre-token ([\s\S] also matches newlines); the added tokens below
-    # are matched before this split, so they stay whole.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    # Fuse joins decoded tokens without the spaces WordLevel would put between them.
-    backend.decoder = decoders.Fuse()
+    # A character of several bytes would need merges to be one token.
+    if not alphabet.isascii():
+        raise ValueError(f"alphabet has characters outside ASCII: {alphabet!r}")
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    # The byte-level spelling of each character: " " is "Ġ", "\n" is "Ċ", printable ASCII is itself.
+    characters = [byte_level.pre_tokenize_str(c)[0][0] for c in alphabet]
+    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *MARKER_TOKENS, *characters))}
+    # No unk token: a character outside the vocabulary is dropped, as Qwen2Tokenizer's BPE does. The
+    # other arguments are Qwen2Tokenizer's too, so that the rebuilt backend is this one exactly.
+    model = models.BPE(
+        vocab=vocab,
+        merges=[],
+        dropout=None,
+        unk_token=None,
+        continuing_subword_prefix="",
+        end_of_word_suffix="",
+        fuse_unk=False,
+        byte_fallback=False,
+    )
+    backend = Tokenizer(model)
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"), byte_level]
+    )
+    backend.decoder = decoders.ByteLevel()
+    # Matched before the normalizer and the split, so they stay whole.
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKER_TOKENS])
     return PreTrainedTokenizerFast(
@@ -67,6 +105,8 @@ def build_tokenizer(alphabet: str = ALPHABET) -> PreTrainedTokenizerFast:
         eos_token=EOS,
         # Left padding is what batched generation needs; training pads on its own (right).
         padding_side="left",
+        # Saved explicitly: the clean-up would turn " ," into "," and break decode(encode(s)) == s.
+        clean_up_tokenization_spaces=False,
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -77,16 +117,22 @@ def load_tokenizer(path_or_name: str) -> PreTrainedTokenizerBase:
 
 
 def unknown_characters(tokenizer: PreTrainedTokenizerBase, text: str) -> list[str]:
-    """The characters of `text` (in order, without repeats) that encode to the unk token."""
-    if tokenizer.unk_token_id is None:
-        return []
+    """The characters of `text` (in order, without repeats) that no token stands for: dropped by the
+    encoding (byte-level BPE without the character) or encoded as the unk token (a tokenizer with one)."""
     encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
-    unknown = [
-        text[start:end]
-        for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)
-        if token_id == tokenizer.unk_token_id
-    ]
+    covered = set()
+    for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+        if token_id != tokenizer.unk_token_id:
+            covered.update(range(start, end))
+    unknown = [c for i, c in enumerate(text) if i not in covered and not _encodes_alone(tokenizer, c)]
     return list(dict.fromkeys(unknown))
+
+
+def _encodes_alone(tokenizer: PreTrainedTokenizerBase, character: str) -> bool:
+    """Whether `character` alone gives a token other than unk. It clears white space that a tokenizer
+    with trimmed offsets (GPT-2's ByteLevel post-processor) leaves outside every token's offsets."""
+    ids = tokenizer.backend_tokenizer.encode(character, add_special_tokens=False).ids
+    return any(token_id != tokenizer.unk_token_id for token_id in ids)
 
 
 def require_known(tokenizer: PreTrainedTokenizerBase, text: str) -> None:

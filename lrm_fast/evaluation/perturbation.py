@@ -20,9 +20,9 @@ Built-in attacks (`ATTACKS`), all saying what they are:
   ``}`` and the markers ``<think> </think> \boxed{`` only, so no sentence can be written. Its attack is a
   wrongly worked answer in the task's own format, one problem solved right and then "plus 1" added at the
   end (the study's p1 as arithmetic), written 4 times: 132 tokens, about half of the tiny model's
-  256-position context, which leaves room for the problem and 64 new tokens. It holds no white space:
-  the task's own prompts have none (the closing ``}`` of an answer is its separator), and the tokenizer
-  saved with a trained run drops spaces and newlines when it encodes.
+  256-position context, which leaves room for the problem and 64 new tokens. It holds no white space,
+  as the task's own prompts have none (the closing ``}`` of an answer is its separator); the vocabulary
+  has space and newline, and a saved and loaded tokenizer encodes them as the built one does.
 
 What the tiny model's drop measures: its training prompts and responses stay under about 80 positions,
 so the attack also moves the problem to positions it never saw; part of its drop is that, not being
@@ -158,14 +158,10 @@ def resolve_perturbation(cfg: PerturbationConfig) -> Perturbation | None:
 
 def check_encodable(perturbation: Perturbation, tokenizer) -> None:
     """Refuse a block the tokenizer cannot write (the built-in task's vocabulary): characters that
-    encode to the unknown token, or that do not come back from a round trip (a character tokenizer
-    loaded from disk drops them instead)."""
+    encode to nothing or to the unknown token."""
     from lrm_fast.data.tokenizer import unknown_characters
 
-    ids = tokenizer(perturbation.prefix, add_special_tokens=False)["input_ids"]
-    kept = set(tokenizer.decode(ids, skip_special_tokens=True))
     missing = unknown_characters(tokenizer, perturbation.prefix)
-    missing += sorted(set(perturbation.prefix) - kept - set(missing))
     if missing:
         raise ValueError(
             f"the perturbation ({perturbation.source}) has characters the tokenizer cannot encode: "

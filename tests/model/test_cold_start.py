@@ -174,6 +174,9 @@ def test_cache_trains_once_then_reuses(tmp_path, monkeypatch):
     assert len(calls) == 1
     model, tokenizer = load_model(str(path)), load_tokenizer(str(path))
     assert model.config.hidden_size == SMALL.hidden_size and len(tokenizer) == model.config.vocab_size
+    # Loaded beside the Qwen2 config.json, the tokenizer encodes as the one that trained the model.
+    text = "<|user|>1 + 2<|im_end|><|assistant|><think> 1+2=3,\n 3</think>\\boxed{3}<|im_end|>"
+    assert tokenizer(text)["input_ids"] == build_tokenizer()(text)["input_ids"]
 
 
 def test_other_settings_get_another_directory():
