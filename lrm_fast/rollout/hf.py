@@ -20,6 +20,7 @@ Simplifications: rows are not sorted by length before batching; a different mode
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -52,6 +53,7 @@ class HFRolloutBackend:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
         )
         self.max_batch_size = max_batch_size
+        self._cache_argument = _cache_argument(model)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is self.model:
@@ -134,9 +136,9 @@ class HFRolloutBackend:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_argument: cache},
         )
         logits = output.logits[:, -1].float()
         if not torch.isfinite(logits).all():
@@ -179,6 +181,16 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=accelerators, device_type=device.type if accelerators else None):
         torch.manual_seed(seed)
         yield
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name under which ``forward`` takes the KV cache: ``cache`` from transformers 5.24 on, where
+    ``past_key_values`` warns (FutureWarning) until its removal in 5.40; ``past_key_values`` before,
+    which vLLM's CPU build still needs (transformers < 5.20). Read off the signature rather than the
+    version: a model class not yet renamed (remote code) could take ``cache`` into its ``**kwargs``
+    and decode without the cache, silently."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _default_eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:

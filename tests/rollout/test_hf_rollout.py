@@ -4,6 +4,9 @@ The key property: the sampler's log-probs equal what the trainer recomputes from
 over prompt + response (old_logp), token for token.
 """
 
+import inspect
+import warnings
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models
@@ -215,6 +218,40 @@ def test_restores_training_mode(model, backend):
     backend.generate([PROMPTS[0]], group_size=1, params=SamplingParams(max_new_tokens=2, seed=0))
     assert model.training
     model.eval()
+
+
+def test_decoding_warns_of_no_deprecated_argument(backend):
+    # A deprecated argument works until the release that removes it, then decoding breaks.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        backend.generate(PROMPTS, group_size=2, params=SamplingParams(max_new_tokens=4, seed=0))
+        backend.greedy(PROMPTS, max_new_tokens=4)
+
+
+class LegacyCacheName(torch.nn.Module):
+    """A model whose forward takes the KV cache as past_key_values (transformers < 5.24, remote code)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep):
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **{name: past_key_values},
+        )
+
+
+def test_a_forward_without_the_cache_argument_gets_past_key_values(model, backend):
+    legacy = HFRolloutBackend(LegacyCacheName(model), make_tokenizer(), eos_token_ids=STOP_IDS)
+    params = SamplingParams(max_new_tokens=10, seed=3)
+    assert legacy.generate(PROMPTS, group_size=2, params=params) == backend.generate(PROMPTS, 2, params)
 
 
 def test_sync_weights(model):
