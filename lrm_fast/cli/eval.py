@@ -163,7 +163,8 @@ def describe(protocol) -> str:
     return (
         f"k={protocol.samples_per_problem}, max_new_tokens={protocol.max_new_tokens}, "
         f"temperature={protocol.temperature}, top_p={protocol.top_p}, greedy={protocol.greedy}, "
-        f"max_rounds={protocol.max_rounds}, target_ci_width={protocol.target_ci_width}, {budget}"
+        f"max_rounds={protocol.max_rounds}, target_ci_width={protocol.target_ci_width}, {budget}, "
+        f"think_format={protocol.think_format}"
     )
 
 

@@ -44,7 +44,7 @@ class Columns:
     (``reward_model.ground_truth``); ``id``, ``solutions`` and ``options`` may be absent."""
 
     problem: str = "problem"  # text, or a chat (a list of {role, content}): its last user message
-    answer: str = "answer"  # text or a number; a list of accepted answers keeps its first
+    answer: str = "answer"  # text or a number; a list of accepted answers: any of them counts
     id: str = "id"  # the row index where absent
     solutions: str = "solutions"  # offline correct solutions (a list of strings) for sample injection
     options: str = "options"  # multiple choice: a list of option texts or a {letter: text} dict

@@ -28,6 +28,11 @@ class EvalProtocol:
     temperature: float = 0.6  # study's evaluation protocol (PAPER.md §6)
     top_p: float = 0.95
     max_new_tokens: int = 32768  # study: up to 32k tokens
+    # Grade as the study's evaluation scripts do (deepscaler/rewards/math_reward.py:36-39 of its code): a
+    # response without </think> is wrong, and only the text between the first </think> and the next one is
+    # graded. False: the text after the last </think>, or all of it without one (the built-in task).
+    # conf/benchmarks/study.yaml and the study's experiment files (eval.think_format) set it.
+    think_format: bool = False
     greedy: bool = True  # also decode each problem once greedily and count greedy-vs-sampled flips
     uncertain_lo: float = 0.1  # uncertain problems: per-problem accuracy strictly inside (lo, hi);
     uncertain_hi: float = 0.9  # the paper's thresholds are not public (PAPER.md §7)

@@ -210,8 +210,10 @@ class RegimeConfig:
     switch_step: int | None = None  # neg_to_pos: steps 1..switch_step are negative-only
     switch_accuracy: float | None = None  # neg_to_pos: switch after a held-out eval reaches it
     second_phase: SecondPhase = SecondPhase.full  # neg_to_pos: the regime after the switch
-    # Zero-variance groups have A = 0 and no policy gradient: skip their forward pass. Their tokens
-    # still count in the normalisers, so dropping them changes nothing but their KL / entropy terms.
+    # Zero-variance groups have A = 0 and no policy gradient: skip their forward pass. Their tokens still
+    # count in the normalisers, and in the micro-batch cut the study's aggregations weight by
+    # (micro_batch_*), so dropping them changes no other response's weight: only their KL / entropy terms
+    # are lost. With the KL in the reward (reward.kl_coef) their advantages are not 0 and they stay.
     drop_zero_variance: bool = True
 
 
@@ -220,6 +222,12 @@ class RewardConfig:
     """Reward of a response (PAPER.md §1, §4; lrm_fast/levers/rewards.py)."""
 
     name: Reward = Reward.binary  # binary: 1 if the last \\boxed{} answer is correct, else 0
+    # Which part of a response holds its answer (lrm_fast/data/grader.py). True: the study's rule
+    # (deepscaler/rewards/math_reward.py:36-39 of its code): a response without </think> scores 0, even
+    # with the right answer boxed while reasoning, and only the text between the first </think> and the
+    # next one is graded. False: the text after the last </think>, or all of it without one (the built-in
+    # task's traces always close </think>). The study's experiment files set it.
+    think_format: bool = False
     # rlr: groups with accuracy >= tau shape each correct response by 1 + clip((mean_len - len) / b, lo, hi)
     tau: float = 0.75
     b: float = 500.0  # tokens
@@ -242,6 +250,12 @@ class RewardConfig:
     # tokens, then falling linearly to -overlong_penalty at L_max = rollout.max_new_tokens (0: off).
     overlong_buffer: int = 0
     overlong_penalty: float = 1.0
+    # The KL in the reward: kl_coef * sum_t (log pi - log pi_ref) (k1, at the rollout temperature) is
+    # subtracted from each response's reward before the advantages (0: off). The study's trainer does this
+    # whenever its KL loss is off (RLR_8k, Luffy_loss: 0.001, algorithm.kl_ctrl.kl_coef, ray_trainer.py
+    # apply_kl_penalty). Keeps a frozen reference model; zero-variance accounting, dynamic sampling and
+    # RLR still go by the task reward (lrm_fast/levers/scoring.py).
+    kl_coef: float = 0.0
 
 
 @dataclass

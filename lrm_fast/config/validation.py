@@ -148,6 +148,7 @@ def _validate_levers(cfg: TrainConfig) -> None:
         reward.overlong_buffer,
     )
     _at_least("reward.overlong_penalty", reward.overlong_penalty, 0)
+    _at_least("reward.kl_coef", reward.kl_coef, 0)
     _validate_sampling(cfg)
     injection = cfg.injection
     _check(0 <= injection.alpha < 1, "injection.alpha", "in [0, 1)", injection.alpha)

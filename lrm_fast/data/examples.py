@@ -6,12 +6,14 @@ mapping: a problem and an answer column, optionally an id and a list of offline 
 (used by offline sample injection, PAPER.md §5). A dotted column name reaches into a struct
 (``reward_model.ground_truth``); a chat column (verl's ``prompt``: a list of {role, content}) gives its
 last user message, without the instruction a source declares its prompts end with (``strip_suffix``:
-the run's template adds its own); a list answer (several accepted forms) keeps its first.
+the run's template adds its own); a list answer (several accepted forms) keeps them all, and the grader
+accepts any of them, as the study's does (Minerva lists 2 or 3 forms for 75 problems).
 
 Errors: a column the dataset lacks raises ValueError naming the dataset, the split and the columns it
 has; a bad row raises ValueError naming the file and the line (JSON Lines) or the row (1-based).
 
-Simplifications: the whole split is read into memory; of several accepted answers only the first counts.
+Simplifications: the whole split is read into memory; accepted forms that differ only in surrounding
+white space are kept once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "Columns",
     "PromptExample",
     "RowError",
+    "answers_field",
     "load_prompts",
     "read_examples",
     "solutions_field",
@@ -38,13 +41,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PromptExample:
-    """One problem with its ground-truth answer."""
+    """One problem with its ground-truth answer (and any further accepted forms of it)."""
 
     id: str
     problem: str
     answer: str
     solutions: tuple[str, ...] = ()
     """Offline correct solutions (response text, without the prompt) for sample injection."""
+    alternatives: tuple[str, ...] = ()
+    """Other accepted forms of the answer (a list answer's elements after the first)."""
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """Every accepted form, `answer` first: what the grader compares a response with."""
+        return (self.answer, *self.alternatives)
 
 
 class RowError(ValueError):
@@ -129,11 +139,13 @@ def to_example(
         if value is None:
             found = ", ".join(key for key, value in record.items() if value is not None) or "none"
             raise RowError(f"no value in column {name!r} (the row has: {found})")
+    first, *alternatives = answers_field(answer, columns.answer)
     return PromptExample(
         id=text_field(field_value(record, columns.id), columns.id, default=default_id),
         problem=_problem_text(field_value(record, columns.problem), columns.problem, strip_suffix),
-        answer=text_field(_first_if_list(answer, columns.answer), columns.answer),
+        answer=first,
         solutions=solutions_field(field_value(record, columns.solutions), columns.solutions),
+        alternatives=tuple(alternatives),
     )
 
 
@@ -149,13 +161,17 @@ def _problem_text(value: Any, name: str, strip_suffix: str) -> str:
     return value
 
 
-def _first_if_list(value: Any, name: str) -> Any:
-    """Of several accepted answers (a list), the first."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise RowError(f"column {name!r} is an empty list")
-        return value[0]
-    return value
+def answers_field(value: Any, name: str) -> list[str]:
+    """Every accepted answer of a row, in order: one string or number, or a list of them (forms that differ
+    only in surrounding white space, like Minerva's "188" and "188\\n", once)."""
+    if not isinstance(value, (list, tuple)):
+        return [text_field(value, name)]
+    if not value:
+        raise RowError(f"column {name!r} is an empty list")
+    forms = {}
+    for form in (text_field(element, name) for element in value):
+        forms.setdefault(form.strip(), form)
+    return list(forms.values())
 
 
 def text_field(value: Any, name: str, default: str | None = None) -> str:

@@ -58,7 +58,10 @@ FIXED_ON_RESUME = (
     "greedy",
     "seed",
     "perturbation",
+    "think_format",  # decides the grades: a resumed run must not mix two rules
 )
+# What a run file written before a key existed did, for the keys above that came later.
+BEFORE_KEY = {"think_format": False}
 
 
 def stored_settings(protocol: EvalProtocol, seed: int, perturbation: dict | None = None) -> dict:
@@ -95,7 +98,7 @@ def evaluate(
     rewritten after every round. `perturbation` (`Perturbation.record()`) marks an entry whose prompts
     carry a misleading block; it is stored with the settings. The JSON's layout:
     {"format", "benchmarks": {name: entry}, ...} with
-    entry = {"settings", "problems": [{"id", "problem", "answer", "greedy", "samples": [...]}],
+    entry = {"settings", "problems": [{"id", "problem", "answer", "answers", "greedy", "samples": [...]}],
     "rounds": [...], "stop_reason", "summary"}.
     """
     if not examples or len(examples) != len(prompts):
@@ -138,7 +141,14 @@ def open_entry(run: dict, name: str, examples: list[PromptExample], settings: di
 
 def new_entry(examples: list[PromptExample], settings: dict) -> dict:
     problems = [
-        {"id": ex.id, "problem": ex.problem, "answer": ex.answer, "greedy": None, "samples": []}
+        {
+            "id": ex.id,
+            "problem": ex.problem,
+            "answer": ex.answer,
+            "answers": list(ex.answers),  # every accepted form, the first being "answer"
+            "greedy": None,
+            "samples": [],
+        }
         for ex in examples
     ]
     return {"settings": settings, "problems": problems, "rounds": [], "stop_reason": None}
@@ -148,13 +158,14 @@ def check_resumable(entry: dict, examples: list[PromptExample], settings: dict, 
     """Refuse to continue stored rounds with other problems or another sampling setup."""
     stored, current = entry["settings"], settings
     for key in FIXED_ON_RESUME:
-        if stored.get(key) != current[key]:
+        used = stored.get(key, BEFORE_KEY.get(key))
+        if used != current[key]:
             raise ValueError(
                 f"{where}: cannot resume with {key}={current[key]!r}, the stored rounds used "
-                f"{stored.get(key)!r} (set resume=false or another output directory to start over)"
+                f"{used!r} (set resume=false or another output directory to start over)"
             )
-    stored_problems = [(p["id"], p["answer"]) for p in entry["problems"]]
-    if stored_problems != [(ex.id, ex.answer) for ex in examples]:
+    stored_problems = [(p["id"], p.get("answers", [p["answer"]])) for p in entry["problems"]]
+    if stored_problems != [(ex.id, list(ex.answers)) for ex in examples]:
         raise ValueError(f"{where}: cannot resume, the stored problems differ from the benchmark's")
 
 
@@ -201,15 +212,15 @@ def run_round(backend, tokenizer, examples, prompts, settings: EvalProtocol, see
     samples = _graded(
         tokenizer,
         [(r.response_ids, r.finished) for r in rollouts],
-        [examples[i].answer for i in owners],
-        settings.store_text,
+        [examples[i].answers for i in owners],
+        settings,
         round_index=index,
     )
     for i, sample in zip(owners, samples, strict=True):
         entry["problems"][i]["samples"].append(sample)
     if index == 0 and settings.greedy:
         responses = backend.greedy(prompts, settings.max_new_tokens)
-        greedy = _graded(tokenizer, responses, [ex.answer for ex in examples], settings.store_text)
+        greedy = _graded(tokenizer, responses, [ex.answers for ex in examples], settings)
         for problem, response in zip(entry["problems"], greedy, strict=True):
             problem["greedy"] = response
     interval = adaptive_interval(round_counts(entry), settings.confidence_level, seed=seed)
@@ -225,16 +236,19 @@ def run_round(backend, tokenizer, examples, prompts, settings: EvalProtocol, see
     return record
 
 
-def _graded(tokenizer, responses, answers, store_text: bool, round_index: int | None = None) -> list[dict]:
-    """One JSON record per (response ids, finished) pair: text, extracted answer, correctness, length."""
+def _graded(
+    tokenizer, responses, answers, settings: EvalProtocol, round_index: int | None = None
+) -> list[dict]:
+    """One JSON record per (response ids, finished) pair: text, extracted answer, correctness, length;
+    graded against each response's accepted answers by the protocol's rule (think_format)."""
     texts = tokenizer.batch_decode([ids for ids, _ in responses], skip_special_tokens=True)
-    correct = grade_batch(texts, answers)
+    correct = grade_batch(texts, answers, think_format=settings.think_format)
     head = {} if round_index is None else {"round": round_index}
     return [
         {
             **head,
-            "text": text if store_text else None,
-            "answer": extract_boxed(text),
+            "text": text if settings.store_text else None,
+            "answer": extract_boxed(text, settings.think_format),
             "correct": bool(ok),
             "length": len(ids),
             "finished": bool(finished),

@@ -90,9 +90,9 @@ def apply_regime(
         for i in reserved(samples, cfg.reserve_ratio, cfg.reserve_min, rng):
             samples[i].regime_weight = 1.0
     for s in samples:
-        s.forward = (
-            s.regime_weight > 0 and not s.filtered and not (cfg.drop_zero_variance and s.zero_variance)
-        )
+        # A zero-variance group whose advantages are not 0 (the KL in the reward) carries gradient.
+        no_gradient = s.zero_variance and s.advantage == 0
+        s.forward = s.regime_weight > 0 and not s.filtered and not (cfg.drop_zero_variance and no_gradient)
 
 
 def reserved(samples: list[Sample], ratio: float, minimum: int, rng: random.Random) -> list[int]:

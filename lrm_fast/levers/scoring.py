@@ -6,9 +6,17 @@
          incorrect responses (reward.repetition_penalty) and DAPO's soft overlong punishment
          (reward.overlong_buffer)
       -> group-relative advantages on the full groups -> zero-variance counts "after"
+      -> the KL in the reward (reward.kl_coef): -coef * sum_t (log pi - log pi_ref) added to each reward,
+         then the advantages again
       -> truncated responses (reward.truncated): masked or filtered
 
 Both levers act on the final groups in that order: OSI first, so RLR sees a group's real lengths.
+
+The KL in the reward (the study's runs without a KL loss, ray_trainer.py apply_kl_penalty) makes every
+group's rewards differ, so the group std turns KL noise into advantages, as in the study. What the group
+logic decides still goes by the task reward (everything but the KL): the zero-variance flags and counts,
+dynamic sampling's informative rule and RLR's threshold (by accuracy). A zero-variance group then has
+advantages, so regime.drop_zero_variance leaves it in the update (lrm_fast/levers/regimes.py).
 
 Truncated responses, one implementation with two rules. A response is truncated when it fills the whole
 response window: its length, a final EOS included, equals rollout.max_new_tokens (the study's
@@ -23,6 +31,7 @@ its group's zero-variance flag is unchanged; then
             KL and entropy included, and out of the normalisers (Sample.filtered).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lrm_fast.batching import samples as B
@@ -79,12 +88,14 @@ def score_rollouts(
     bank: SolutionBank | None,
     advantage_scale: AdvantageScale,
     max_new_tokens: int | None = None,
+    log_ratios: Callable[[list[B.Sample]], list[float]] | None = None,
 ) -> ScoredStep:
     """Samples with rewards and advantages for `examples` x `group_size` consecutive rollouts.
 
-    ``max_new_tokens`` is the response window, needed by reward.truncated and reward.overlong_buffer."""
-    answers = [e.answer for e in examples for _ in range(group_size)]
-    correct = _grade([r.response_ids for r in rollouts], answers, tokenizer)
+    ``max_new_tokens`` is the response window, needed by reward.truncated and reward.overlong_buffer;
+    ``log_ratios`` gives each final response's sum_t (log pi - log pi_ref), needed by reward.kl_coef."""
+    answers = [e.answers for e in examples for _ in range(group_size)]
+    correct = _grade([r.response_ids for r in rollouts], answers, tokenizer, reward.think_format)
     samples = [
         B.Sample(r.prompt_ids, r.response_ids, 0.0, c, sampler_logprobs=r.logprobs)
         for r, c in zip(rollouts, correct, strict=True)
@@ -92,9 +103,16 @@ def score_rollouts(
     before = zero_variance_counts(correct, group_size)
     injected = 0
     if injection.name == Injection.osi:
-        injected = inject(samples, examples, group_size, injection, bank, answers, tokenizer)
+        injected = inject(
+            samples, examples, group_size, injection, bank, answers, tokenizer, reward.think_format
+        )
     shaped_groups, penalties, counts = _assign_rewards(samples, group_size, reward, tokenizer, max_new_tokens)
     B.assign_advantages(samples, group_size, advantage_scale)
+    if reward.kl_coef:
+        if log_ratios is None:
+            raise ValueError("reward.kl_coef needs the log-ratios to the reference (log_ratios)")
+        ratios = log_ratios(samples)
+        counts["kl_penalty"] = kl_in_reward(samples, ratios, reward.kl_coef, group_size, advantage_scale)
     if reward.truncated != Truncated.keep:
         eos = tokenizer.eos_token_id
         counts["truncation_masked"] = mask_truncated(
@@ -128,6 +146,24 @@ def _assign_rewards(
     for s, r, p, o in zip(samples, rewards, penalties, overlong, strict=True):
         s.reward = r + p + o
     return shaped_groups, penalties, counts
+
+
+def kl_in_reward(
+    samples: list[B.Sample],
+    log_ratios: list[float],
+    coef: float,
+    group_size: int,
+    advantage_scale: AdvantageScale,
+) -> float:
+    """Subtract coef * sum_t (log pi - log pi_ref) from each reward and recompute the advantages, keeping
+    the zero-variance flags of the task rewards (see the module docstring). Returns the summed penalty."""
+    task_zero_variance = [s.zero_variance for s in samples]
+    for s, log_ratio in zip(samples, log_ratios, strict=True):
+        s.reward -= coef * log_ratio
+    B.assign_advantages(samples, group_size, advantage_scale)
+    for s, flag in zip(samples, task_zero_variance, strict=True):
+        s.zero_variance = flag
+    return -coef * sum(log_ratios)
 
 
 def mask_truncated(
@@ -165,6 +201,7 @@ def lever_metrics(totals: dict[str, float]) -> dict[str, float]:
         "truncation_masked": "reward/truncation_masked",
         "overlong_penalty": "reward/overlong_penalty",
         "overlong_penalised": "reward/overlong_penalised",
+        "kl_penalty": "reward/kl_penalty",
     }
     return {metric: totals[key] / n for key, metric in names.items() if key in totals}
 
@@ -198,10 +235,12 @@ def inject(
     group_size: int,
     cfg: InjectionConfig,
     bank: SolutionBank,
-    answers: list[str],
+    answers: list[tuple[str, ...]],
     tokenizer,
+    think_format: bool = False,
 ) -> int:
-    """Replace incorrect responses of too-hard groups by stored solutions (in place); returns how many."""
+    """Replace incorrect responses of too-hard groups by stored solutions (in place); returns how many.
+    `answers`: each response's accepted answers; `think_format`: the grader's rule (reward.think_format)."""
     solutions = [bank.solutions(e) for e in examples]
     plan = plan_injections(
         [s.correct for s in samples], group_size, cfg.alpha, cfg.cap, [len(x) for x in solutions]
@@ -209,16 +248,21 @@ def inject(
     for index, solution_index in plan:
         response = solutions[index // group_size][solution_index]
         samples[index] = B.Sample(samples[index].prompt_ids, response, 0.0, False, injected=True)
-    # Graded like any response: a stored "solution" that is wrong gets no reward.
-    regraded = _grade([samples[i].response_ids for i, _ in plan], [answers[i] for i, _ in plan], tokenizer)
+    # Graded like any response, by the same rule: a stored "solution" that is wrong gets no reward.
+    regraded = _grade(
+        [samples[i].response_ids for i, _ in plan], [answers[i] for i, _ in plan], tokenizer, think_format
+    )
     for (index, _), correct in zip(plan, regraded, strict=True):
         samples[index].correct = correct
     return len(plan)
 
 
-def _grade(responses: list[list[int]], answers: list[str], tokenizer) -> list[bool]:
+def _grade(
+    responses: list[list[int]], answers: list[tuple[str, ...]], tokenizer, think_format: bool
+) -> list[bool]:
+    """Correctness of each response against its accepted answers, by reward.think_format's rule."""
     texts = tokenizer.batch_decode(responses, skip_special_tokens=False) if responses else []
-    return [r > 0 for r in grade_batch(texts, answers)]
+    return [r > 0 for r in grade_batch(texts, answers, think_format=think_format)]
 
 
 def _zero_variance_after(samples: list[B.Sample], group_size: int) -> ZeroVarianceCounts:

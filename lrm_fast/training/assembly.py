@@ -106,8 +106,11 @@ def build_rollout(cfg: TrainConfig, model: torch.nn.Module, tokenizer):
     return VLLMRolloutBackend(policy_path(cfg), tokenizer, cfg.rollout, seed=cfg.seed)
 
 
-def score(cfg: TrainConfig, examples: list[PromptExample], rollouts, tokenizer, bank) -> ScoredStep:
-    """One round's rollouts graded, rewarded and given advantages with the run's settings."""
+def score(
+    cfg: TrainConfig, examples: list[PromptExample], rollouts, tokenizer, bank, log_ratios=None
+) -> ScoredStep:
+    """One round's rollouts graded, rewarded and given advantages with the run's settings (`log_ratios`:
+    each response's summed log-ratio to the reference, for reward.kl_coef)."""
     return score_rollouts(
         examples,
         rollouts,
@@ -118,6 +121,7 @@ def score(cfg: TrainConfig, examples: list[PromptExample], rollouts, tokenizer, 
         bank,
         cfg.loss.advantage_scale,
         cfg.rollout.max_new_tokens,
+        log_ratios,
     )
 
 

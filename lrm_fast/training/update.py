@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lrm_fast.batching.micro_batches import MicroBatch, model_inputs
+from lrm_fast.batching.micro_batches import MicroBatch, collate, micro_batches, model_inputs
 from lrm_fast.config import LossConfig
 from lrm_fast.config.choices import PackedAttention
 from lrm_fast.kernels import grpo_loss, grpo_loss_from_hidden, token_logprobs
@@ -318,6 +318,33 @@ def record_old_logprobs(model, batches: list[MicroBatch], loss_cfg: LossConfig, 
         batch = _to_device(batches[i], device)
         _, logits_of = _policy_forward(model, batch, loss_cfg)
         batches[i].old_logprobs = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
+
+
+@torch.no_grad()
+def response_log_ratios(model, ref_model, samples, loss_cfg: LossConfig, temperature: float) -> list[float]:
+    """sum_t (log pi(t) - log pi_ref(t)) over each sample's response tokens at `temperature` (0 for an
+    empty response): the summed k1 estimate of KL(pi || pi_ref), which the study's trainer subtracts, times
+    its coefficient, from each response's reward (ray_trainer.py apply_kl_penalty, kl_penalty="kl").
+
+    pi is `model` as it is (the weights that sampled: verl's old_log_prob, recomputed for injected
+    responses too), in micro-batches under loss.micro_batch_tokens, packed or padded and with the fused
+    head as the loss is; under FSDP every rank runs as many forwards as the rank with the most."""
+    cut = micro_batches(samples, loss_cfg.micro_batch_tokens, loss_cfg.packing)
+    device = _device_of(model)
+    sums = {}
+    for i in range(_agreed_count(len(cut))):
+        if i >= len(cut):  # FSDP: the same forwards (collectives) on every rank
+            dummy = torch.zeros((1, 1), dtype=torch.long, device=device)
+            model(input_ids=dummy, use_cache=False)
+            ref_model(input_ids=dummy, use_cache=False)
+            continue
+        batch = _to_device(collate(cut[i], loss_cfg.packing), device)
+        _, logits_of = _policy_forward(model, batch, loss_cfg)
+        logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
+        ref_logp = reference_logprobs(ref_model, batch, loss_cfg, temperature)
+        per_sample = (logp - ref_logp).double().cpu().split([len(s.response_ids) for s in cut[i]])
+        sums.update({id(s): part.sum().item() for s, part in zip(cut[i], per_sample, strict=True)})
+    return [sums.get(id(s), 0.0) for s in samples]
 
 
 def _combined(results: list[UpdateResult]) -> UpdateResult:

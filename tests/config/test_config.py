@@ -88,6 +88,14 @@ def test_default_config_is_the_embedded_task():
     validate(cfg)
     assert (cfg.model.name, cfg.data.name, cfg.rollout.backend) == ("tiny", "arithmetic", "hf")
     assert cfg.trainer.prompts_per_step * cfg.rollout.group_size == 256
+    assert not cfg.reward.think_format and not cfg.eval.think_format  # its traces always close </think>
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_study_experiments_grade_with_the_studys_think_rule(experiment):
+    """The study's grader gives 0 to a response without </think>, in training and in validation alike."""
+    cfg = _compose([f"+experiment={experiment}", "data.train_path=x.jsonl"])
+    assert cfg.reward.think_format and cfg.eval.think_format
 
 
 @pytest.mark.parametrize(

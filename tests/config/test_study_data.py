@@ -96,6 +96,11 @@ def test_the_study_suite_spends_the_study_samples_over_four_rounds():
     assert {name: budgets[name] for name in study_k} == study_k
 
 
+def test_the_study_suite_grades_with_the_studys_think_rule():
+    assert _compose("evaluate", ["benchmarks=study", "model.path=/models/x"]).think_format
+    assert not _compose("evaluate", ["model.path=/models/x"]).think_format  # the built-in task's suite
+
+
 @pytest.mark.parametrize(
     ("path", "error", "message"),
     [

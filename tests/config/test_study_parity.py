@@ -131,6 +131,13 @@ RULES = [
         ),
         ("actor_rollout_ref.actor.use_kl_loss", "actor_rollout_ref.actor.kl_loss_coef"),
     ),
+    # With its KL loss off, the study's trainer subtracts kl_ctrl.kl_coef x the summed k1 log-ratio from
+    # each reward (ray_trainer.py fit: apply_kl_penalty unless use_kl_loss); k1 is its kl_penalty "kl".
+    Rule(
+        "reward.kl_coef",
+        lambda s: 0.0 if s["actor_rollout_ref.actor.use_kl_loss"] else s["algorithm.kl_ctrl.kl_coef"],
+        ("actor_rollout_ref.actor.use_kl_loss", "algorithm.kl_ctrl.kl_coef"),
+    ),
     Rule(
         "loss.entropy_coef",
         lambda s: s["actor_rollout_ref.actor.entropy_coeff"],
@@ -291,12 +298,7 @@ NOT_ALGORITHM = {
 
 # Algorithm settings lrm_fast does not have, with what they do in the study's runs.
 UNMODELLED = {
-    "algorithm.kl_ctrl.kl_coef": (
-        "with use_kl_loss off (RLR_8k, Luffy_loss) the study's trainer subtracts 0.001 x the summed k1 log "
-        "ratio to the reference from each response's reward (ray_trainer.py, apply_kl_penalty); lrm_fast has "
-        "no KL in the reward, only the loss term (loss.kl_coef)"
-    ),
-    "algorithm.kl_penalty": "the estimator of that reward KL (k1)",
+    "algorithm.kl_penalty": "the estimator of the reward KL: k1 (kl), the only one reward.kl_coef uses",
     "trainer.total_epochs": (
         "30 epochs bound the scripts' runs, which were stopped at checkpoints the study does not list; "
         "lrm_fast runs trainer.steps (500 in the experiments: set it to the run length you need)"

@@ -38,6 +38,14 @@ def test_load_jsonl_all_columns(tmp_path):
     ]
 
 
+def test_a_list_answer_keeps_every_accepted_form(tmp_path):
+    # Minerva's layout: each form as the study lists it, some only differing by a trailing newline.
+    rows = [{"problem": "p", "answer": ["0.01\n", "0.02\n"]}, {"problem": "q", "answer": ["188", "188\n"]}]
+    first, second = load_prompts(write_jsonl(tmp_path / "minerva.jsonl", rows))
+    assert (first.answer, first.alternatives, first.answers) == ("0.01\n", ("0.02\n",), ("0.01\n", "0.02\n"))
+    assert second.answers == ("188",)
+
+
 def test_load_jsonl_custom_columns_and_blank_lines(tmp_path):
     # DeepScaleR's own files call the worked solution "solution" and hold one string.
     path = tmp_path / "deepscaler.jsonl"
@@ -111,6 +119,11 @@ def test_load_jsonl_custom_columns_and_blank_lines(tmp_path):
             ['{"problem": "a", "answer": "1", "id": {"k": 1}}'],
             r"bad\.jsonl, line 1: column 'id' must be a string or a number, got dict",
             id="id-dict",
+        ),
+        pytest.param(
+            ['{"problem": "a", "answer": []}'],
+            r"bad\.jsonl, line 1: column 'answer' is an empty list",
+            id="answer-empty-list",
         ),
         pytest.param(["", "  "], r"bad\.jsonl: no rows", id="empty"),
     ],

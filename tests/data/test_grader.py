@@ -44,6 +44,25 @@ def test_extract_boxed_looks_only_after_think():
     assert extract_boxed("<think>so it is \\boxed{8}") == "8"
 
 
+@pytest.mark.parametrize(
+    ("text", "default", "study"),
+    [
+        # Cut off while reasoning: the study finds no answer at all (format_error_reward).
+        pytest.param("<think>so it is \\boxed{8}", "8", None, id="no-think-end"),
+        pytest.param("no thoughts, \\boxed{8}", "8", None, id="no-think-at-all"),
+        pytest.param("\\boxed{1}</think>\\boxed{2}", "2", "2", id="one-think-end"),
+        # model_response.split("</think>")[1]: up to a second </think>, not after the last one.
+        pytest.param("<think>a</think>\\boxed{2}</think>\\boxed{3}", "3", "2", id="second-think-end"),
+        pytest.param("<think>a</think>\\boxed{2}</think>no box", None, "2", id="nothing-after-second"),
+        pytest.param("<think>\\boxed{1}</think>I am done.", None, None, id="box-only-in-thoughts"),
+    ],
+)
+def test_think_format_is_the_studys_answer_section(text, default, study):
+    assert extract_boxed(text) == default
+    assert extract_boxed(text, think_format=True) == study
+    assert grade(text, study or "99", think_format=True) is (study is not None)
+
+
 # ---------------------------------------------------------------------------------------- equivalence
 
 
@@ -70,6 +89,16 @@ def test_extract_boxed_looks_only_after_think():
         pytest.param("x = 5", "5", id="equation-vs-value"),
         pytest.param("\\pi", "\\pi", id="symbol"),
         pytest.param("0.333333", "\\frac{1}{3}", id="rounded-decimal"),
+        # Currency: the study's normaliser drops \\$ (MATH-500 answers \\$36).
+        pytest.param("36", "\\$36", id="currency-gold"),
+        pytest.param("\\$36", "36", id="currency-response"),
+        pytest.param("\\$32,\\!348", "32348", id="currency-thousands"),
+        pytest.param("5\\text{ cm}", "5", id="unit-in-text"),
+        pytest.param("15000 \\text{ kcal m}^{-2} \\text{yr}^{-1}", "15000", id="units-in-text"),
+        # Minerva's accepted forms of one answer.
+        pytest.param("3.3e-10", "3.3 \\times 10^{-10}", id="e-vs-times-notation"),
+        pytest.param("10^{-3}", "1 \\times 10^{-3}", id="power-of-ten"),
+        pytest.param("8.224 \\cdot 10^{-19}", "8.224 \\times 10^{-19}", id="cdot-notation"),
     ],
 )
 def test_equivalent_answers_match(predicted, gold):
@@ -87,11 +116,65 @@ def test_equivalent_answers_match(predicted, gold):
         pytest.param("(x+1)^2", "x^2+1", id="symbolic-different"),
         pytest.param("", "0", id="empty-box"),
         pytest.param("12", "21", id="different-integers"),
+        # A trailing letter is a variable, not a unit: math-verify's unit stripping read these as the gold.
+        pytest.param("\\frac{n}{2}t", "\\frac{n}{2}", id="trailing-letter-after-fraction"),
+        pytest.param("42t", "42", id="trailing-letter-after-integer"),
+        pytest.param("2 n^{2}-2 n+1t", "2 n^{2}-2 n+1", id="trailing-letter-after-polynomial"),
+        pytest.param("5 m", "5", id="trailing-unit-letter"),
+        pytest.param("0.0t", "0.0", id="trailing-letter-after-zero"),  # 0t = 0 to sympy
+        # Text after an operator, or one letter in text, is not a unit (the i and e would be dropped).
+        pytest.param("2 + \\mathrm{i}", "2 + \\mathrm{e}", id="constants-in-text"),
+        pytest.param("1 + \\text{ cm}", "1", id="text-after-operator"),
+        # Numbers written exactly are compared exactly: math-verify rounded both to 6 decimal places.
+        pytest.param("9.224\\times10^{-19}", "8.224 \\times 10^{-19}", id="scientific-mantissa"),
+        pytest.param("8.224\\times10^{-20}", "8.224 \\times 10^{-19}", id="scientific-exponent"),
+        pytest.param("2.8 \\times 10^{-19}", "2.88 \\times 10^{-19}", id="scientific-rounded"),
+        pytest.param("3.61e-11", "3.61e-10", id="e-notation-exponent"),
+        pytest.param("0.0000013", "0.0000012", id="tiny-decimals"),
+        # A gold latex2sympy cannot read was once read as a number inside it (the 2 of "1 / 2").
+        pytest.param(
+            "2", "\\hbar \\omega(v+1 / 2)-\\frac{E_{0}^{2} e^{2}}{2 m \\omega^{2}}", id="unparsable-gold"
+        ),
     ],
 )
 def test_different_answers_do_not_match(predicted, gold):
     assert not answers_match(predicted, gold)
     assert not grade(f"\\boxed{{{predicted}}}", gold)
+
+
+def test_unparsable_gold_still_matches_itself():
+    gold = "\\hbar \\omega(v+1 / 2)-\\frac{E_{0}^{2} e^{2}}{2 m \\omega^{2}}"
+    assert answers_match("\\hbar\\omega(v+1/2)-\\frac{E_{0}^{2}e^{2}}{2m\\omega^{2}}", gold)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold"),
+    [
+        # Where the study's grader says no (docs/PARITY.md, "Grader").
+        pytest.param("h = \\frac{27}{2}", "$\\frac{27}{2}$", id="assignment-vs-dollar-gold"),
+        pytest.param("4 + 11z - 7y + 5x = 0", "5x - 7y + 11z + 4 = 0", id="reordered-equation"),
+        pytest.param("1 - e^{-at} + b \\delta(t)", "b \\delta(t)+1-e^{-at}", id="reordered-sum"),
+        pytest.param("D.", "D", id="letter-with-period"),
+    ],
+)
+def test_equivalences_the_study_misses(predicted, gold):
+    assert grade(f"</think>\\boxed{{{predicted}}}", gold, think_format=True)
+
+
+# ------------------------------------------------------------------------------ several accepted forms
+
+
+def test_any_accepted_form_counts():
+    forms = ("0.01\n", "0.02\n")  # Minerva: "to one significant figure", either rounding accepted
+    assert grade("\\boxed{0.01}", forms) and grade("\\boxed{0.02}", forms)
+    assert not grade("\\boxed{0.03}", forms)
+    assert grade_batch(["\\boxed{2}", "\\boxed{2}"], [("1", "2"), "1"]) == [1.0, 0.0]
+
+
+def test_grade_batch_passes_the_rule_to_worker_processes():
+    responses = ["\\boxed{4}", "</think>\\boxed{4}"]
+    assert grade_batch(responses, ["4", ("3", "4")], workers=1, think_format=True) == [0.0, 1.0]
+    assert grade_batch(responses, ["4", ("3", "4")], workers=1) == [1.0, 1.0]
 
 
 def test_grade_needs_a_box():

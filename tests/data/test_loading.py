@@ -109,8 +109,8 @@ def test_study_benchmarks_with_their_columns_and_templates(study):
     assert load("amc").examples[0].answer == "142.0"  # stored as a float, graded as text like the study
     assert load("math500").examples[1].id == "test/algebra/1.json"
     assert load("minerva").examples[0] == PromptExample(
-        id="9", problem="Give $0.015$ to one significant figure.", answer="0.01\n"
-    )  # of the accepted forms, the first
+        id="9", problem="Give $0.015$ to one significant figure.", answer="0.01\n", alternatives=("0.02\n",)
+    )  # every accepted form, as the study grades them
     assert load("olympiad_bench").examples[0].answer == "2"
     for name, letter in (("gpqa_diamond", "D"), ("mmlu_stem", "B"), ("gaokao_math_qa", "B")):
         benchmark = load(name)
