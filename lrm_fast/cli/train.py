@@ -29,8 +29,9 @@ def main(dict_cfg: DictConfig) -> dict:
 
         trainer = None
         try:
-            trainer = GRPOTrainer(cfg, run_dir, dist, launch.data)
+            trainer = GRPOTrainer(cfg, run_dir, dist, launch.data, launch.trackers)
             summary = trainer.train()
+            launch.trackers.finish(summary)
         except Diverged as error:
             sys.exit(f"lrm-fast-train: stopped at {error}")
         finally:

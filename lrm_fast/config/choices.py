@@ -143,6 +143,14 @@ class CheckpointDtype(Choice):
     auto = "auto"  # the checkpoint's own
 
 
+class Tracker(Choice):
+    """A tracker that gets the run's metrics besides metrics.jsonl (lrm_fast/training/trackers.py)."""
+
+    tensorboard = "tensorboard"  # RUN/tensorboard
+    wandb = "wandb"  # Weights & Biases: offline files in RUN/wandb unless WANDB_MODE says otherwise
+    mlflow = "mlflow"  # MLflow: mlflow.db where the command runs unless MLFLOW_TRACKING_URI says otherwise
+
+
 class Device(Choice):
     auto = "auto"  # cuda when available
     cpu = "cpu"

@@ -26,6 +26,7 @@ from lrm_fast.config.choices import (
     SecondPhase,
     SelectBy,
     ShortBatch,
+    Tracker,
     Truncated,
 )
 from lrm_fast.config.evaluate import EvalProtocol
@@ -351,10 +352,16 @@ class TrainerConfig:
     # Measured on 2 cores (benchmarks/RESULTS.md): the update takes 40% less time on both than on one.
     update_threads: int = 0
     # Asynchronous rollouts (lrm_fast/training/async_rollout.py): 0 is the synchronous loop; k >= 1 samples
-    # later batches in a separate process while the current one is trained, no sample more than k policy
-    # versions (optimizer steps) old when trained on. A multiple of mini_batches; one trainer process.
+    # later batches in a separate process while the current one is trained, no batch's update starting
+    # more than k optimizer steps after the weights that sampled it. A multiple of mini_batches x epochs
+    # (the optimizer steps of one rollout batch); one trainer process.
     max_staleness: int = 0
     progress_bar: bool = True
+    # Where the metrics go besides metrics.jsonl, which is always written: any of tensorboard, wandb,
+    # mlflow (the last two are extras: pip install -e ".[wandb]", ".[mlflow]"). Each gets the step metrics,
+    # the config, the evaluations with their intervals and the summary; nothing leaves the machine unless
+    # WANDB_MODE or MLFLOW_TRACKING_URI says so (README "Experiment trackers").
+    trackers: list[Tracker] = field(default_factory=lambda: [Tracker.tensorboard])
 
 
 @dataclass
