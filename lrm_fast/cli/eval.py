@@ -22,7 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lrm_fast.cli.configs import register_configs, typed
+from lrm_fast.cli.configs import register_configs, typed, write_hydra_record
 from lrm_fast.cli.launch import input_errors
 from lrm_fast.config import BenchmarkConfig, EvalAppConfig, EvalModelConfig, protocol_of, validate_eval
 from lrm_fast.config.choices import Device, RolloutEngine
@@ -47,6 +47,7 @@ def main(dict_cfg: DictConfig) -> dict:
         benchmarks = [load_benchmark(spec) for spec in cfg.benchmarks]  # a bad file fails before the model
         out_dir = Path(cfg.output_dir or hydra_dir).expanduser()
         holds.enter_context(directory_lock(out_dir, "lrm-fast-eval"))
+        write_hydra_record(out_dir, dict_cfg)
     with holds:
         config = OmegaConf.to_container(dict_cfg, resolve=True)
         return evaluate_all(cfg, benchmarks, perturbation, out_dir, config)

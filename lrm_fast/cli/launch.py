@@ -1,8 +1,9 @@
 """Everything `lrm-fast-train` checks and claims before the first model is built.
 
-In order: the configuration (a resume takes the run's own, lrm_fast/cli/resume.py), its checks, the run
-directory (locked while the run lives; a directory that holds a run is reused only through
-trainer.resume), config.yaml, and the data (read and sized against the batch). A bad setting or input
+In order: the configuration (a resume takes the run's own, lrm_fast/cli/resume.py), its checks, the data
+(read and sized against the batch), the run directory (locked while the run lives; a directory that holds
+a run is reused only through trainer.resume), the experiment trackers (opened on the main rank, named by
+lrm_fast/cli/run_names.py, closed when the run ends), and config.yaml. A bad setting or input
 fails here as one line naming the key or the file, not as a traceback, and leaves no empty output
 directory behind; what fails later (a bug, a diverged run) keeps its traceback.
 """
@@ -16,16 +17,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from lrm_fast.cli.configs import typed
+from lrm_fast.cli.configs import typed, write_hydra_record
 from lrm_fast.cli.resume import record_resume, resumed_config
+from lrm_fast.cli.run_names import tracked_run
 from lrm_fast.config import TrainConfig, check_inputs, validate
 from lrm_fast.runtime import DistInfo, broadcast_from_main, configure_runtime
 from lrm_fast.runtime.lock import LOCK_NAME, DirectoryInUse, directory_lock
 from lrm_fast.training.assembly import RunData, load_run_data
+from lrm_fast.training.tracking import TrackerError, Trackers, open_trackers
 
 # Files that make a directory a run's (written by the trainer); Hydra's own are .hydra/ and *.log.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints")
-INPUT_ERRORS = (ValueError, FileNotFoundError, DirectoryInUse)
+INPUT_ERRORS = (ValueError, FileNotFoundError, DirectoryInUse, TrackerError)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Launch:
     run_dir: Path
     dist: DistInfo
     data: RunData
+    trackers: Trackers  # the main rank's; finished by the entry point, closed when the run ends
 
 
 @contextmanager
@@ -79,18 +83,28 @@ def _prepare(dict_cfg: DictConfig, hydra_dir: Path, holds: ExitStack) -> Launch:
     # Under torchrun every rank composes its own Hydra output directory: all use the main rank's.
     run_dir = Path(broadcast_from_main(str(run_dir)))
     data = load_run_data(cfg, dist.world_size)
-    if dist.is_main:
-        holds.enter_context(directory_lock(run_dir, "lrm-fast-train run"))
-        present = [name for name in RUN_FILES if (run_dir / name).exists()]
-        if present and not resume:
-            raise ValueError(
-                f"{run_dir} already holds a run ({', '.join(present)}): continue it with "
-                f"trainer.resume={run_dir}, or choose another hydra.run.dir"
-            )
-        if changes is not None:
-            record_resume(run_dir, changes)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
-    return Launch(cfg, run_dir, dist, data)
+    trackers = _claim(run_dir, dict_cfg, cfg, changes, holds) if dist.is_main else Trackers(run_dir, [])
+    return Launch(cfg, run_dir, dist, data, trackers)
+
+
+def _claim(run_dir: Path, dict_cfg: DictConfig, cfg: TrainConfig, changes: dict | None, holds: ExitStack):
+    """The main rank's part: lock the run directory, open the trackers, write the run's record and config
+    (`changes` is None for a new run, the accepted changes of a resume otherwise)."""
+    holds.enter_context(directory_lock(run_dir, "lrm-fast-train run"))
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if present and changes is None:
+        raise ValueError(
+            f"{run_dir} already holds a run ({', '.join(present)}): continue it with "
+            f"trainer.resume={run_dir}, or choose another hydra.run.dir"
+        )
+    trackers = open_trackers(cfg.trainer.trackers, run_dir, tracked_run(run_dir), cfg)
+    holds.callback(trackers.close)  # a run that ends without finishing them leaves them failed
+    if changes is not None:
+        record_resume(run_dir, changes)
+    else:  # a resume keeps the record of the launch that started the run
+        write_hydra_record(run_dir, dict_cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    return trackers
 
 
 def _remove_if_empty(directory: Path) -> None:
