@@ -23,3 +23,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def cold_start_cache(tmp_path_factory):
+    """One folder of cached SFT cold starts for the whole session (tests/inprocess.py trains its quick one
+    there once)."""
+    return tmp_path_factory.mktemp("cold_start_cache")

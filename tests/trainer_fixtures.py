@@ -52,11 +52,9 @@ def prepared_batches(samples, group_size, aggregation, token_budget, world_size=
     """Advantages, global weights and this rank's micro-batches, as the trainer builds them."""
     B.assign_advantages(samples, group_size, "std")
     normalisers = B.local_normalisers(samples)
-    B.assign_weights(samples, aggregation, normalisers, sum_norm_length=10)
     groups = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
     mine = [s for g in groups[rank::world_size] for s in g]
-    cut = M.micro_batches(mine, token_budget, False)
-    B.weight_micro_batches(cut, aggregation, sum_norm_length=10)
+    cut = M.weighted_micro_batches(mine, aggregation, normalisers, 10, token_budget, False)
     return [M.collate(mb, False) for mb in cut]
 
 

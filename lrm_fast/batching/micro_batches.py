@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lrm_fast.batching import samples as B
 from lrm_fast.batching.samples import Sample
 
 
@@ -32,10 +33,11 @@ def mini_batches(samples: list[Sample], group_size: int, count: int) -> list[lis
 
 
 def micro_batches(samples: list[Sample], token_budget: int, packed: bool) -> list[list[Sample]]:
-    """Greedy, in order: the forwarded samples into micro-batches of at most `token_budget` tokens
-    (rows x longest sequence when padded, the sum of lengths when packed); a longer sample goes alone."""
+    """Greedy, in order: the samples (those with a response) into micro-batches of at most `token_budget`
+    tokens (rows x longest sequence when padded, the sum of lengths when packed); a longer sample goes
+    alone."""
     batches, current, longest, tokens = [], [], 0, 0
-    for s in (s for s in samples if s.forward and s.response_ids):
+    for s in (s for s in samples if s.response_ids):
         new_longest, new_tokens = max(longest, s.num_tokens), tokens + s.num_tokens
         cost = new_tokens if packed else (len(current) + 1) * new_longest
         if current and cost > token_budget:
@@ -46,6 +48,31 @@ def micro_batches(samples: list[Sample], token_budget: int, packed: bool) -> lis
     if current:
         batches.append(current)
     return batches
+
+
+def weighted_micro_batches(
+    samples: list[Sample],
+    aggregation,
+    normalisers: B.Normalisers,
+    sum_norm_length: int,
+    token_budget: int,
+    packed: bool,
+) -> list[list[Sample]]:
+    """One mini-batch's forwarded samples cut into micro-batches, every token weighted (Sample.weight).
+
+    The cut that the micro-batch weighted aggregations (the study's) divide by is over every response the
+    regime keeps and nothing filtered, zero-variance ones included, as in the study's micro-batches
+    (dp_actor.py: every response of the mini-batch is in one of them); only then are the responses that
+    are not forwarded (regime.drop_zero_variance) taken out, so dropping them changes no weight. For the
+    other aggregations the cut is a matter of memory alone, over the forwarded responses."""
+    B.assign_weights(samples, aggregation, normalisers, sum_norm_length)
+    if aggregation not in B.MICRO_BATCH_WEIGHTED:
+        return micro_batches([s for s in samples if s.forward], token_budget, packed)
+    kept = [s for s in samples if s.regime_weight > 0 and not s.filtered]
+    groups = micro_batches(kept, token_budget, packed)
+    B.weight_micro_batches(groups, aggregation, sum_norm_length)
+    forwarded = [[s for s in group if s.forward] for group in groups]
+    return [group for group in forwarded if group]
 
 
 @dataclass

@@ -200,9 +200,14 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     _at_least("trainer.update_threads", trainer.update_threads, 0)
     _at_least("trainer.max_staleness", trainer.max_staleness, 0)
     if trainer.max_staleness:
-        # A rollout batch's update is mini_batches versions: the lag is counted in whole batches.
-        multiple = trainer.max_staleness % trainer.mini_batches == 0
-        requirement = f"a multiple of trainer.mini_batches ({trainer.mini_batches})"
+        # A rollout batch's update is mini_batches x epochs optimizer steps: the lag is counted in whole
+        # batches.
+        per_batch = trainer.mini_batches * trainer.epochs
+        requirement = (
+            f"a multiple of trainer.mini_batches x trainer.epochs ({trainer.mini_batches} x "
+            f"{trainer.epochs} = {per_batch} optimizer steps per rollout batch)"
+        )
+        multiple = trainer.max_staleness % per_batch == 0
         _check(multiple, "trainer.max_staleness", requirement, trainer.max_staleness)
     if trainer.token_budget is not None:
         _positive("trainer.token_budget", trainer.token_budget)

@@ -56,9 +56,16 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, trainer_state: d
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
+    # get_state_dict creates the state of an optimizer no step has touched yet (a step with lr 0: AdamW's
+    # step count becomes 1, which would change the bias correction of every later step); such a state is
+    # saved as fresh and cleared again, here and on load, so a checkpoint changes nothing.
+    fresh = not optimizer.state
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
-    torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / f"trainer_rank{_rank()}.pt")
+    saved = {**trainer_state, "step": step, "rng": rng_state(), "fresh_optimizer": fresh}
+    torch.save(saved, tmp / f"trainer_rank{_rank()}.pt")
+    if fresh:
+        optimizer.state.clear()
     _barrier()
     if _rank() == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -87,6 +94,8 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer_state = torch.load(path / f"trainer_rank{_rank()}.pt", weights_only=False)
     set_rng_state(trainer_state.pop("rng"))
+    if trainer_state.pop("fresh_optimizer", False):
+        optimizer.state.clear()
     return trainer_state
 
 

@@ -1,19 +1,33 @@
 """The divergence guard: a step that turns anything non-finite is rolled back, counted, and, when such
 steps keep coming, the run stops with a message and a checkpoint it can resume from.
 
-What is checked: the sampled logits (the rollout of the next step, lrm_fast/rollout/hf.py), the loss,
-the gradient norm, and the parameters after the optimizer step (lrm_fast/training/update.py). A
-non-finite loss or gradient norm skips the optimizer step; non-finite parameters after it, or non-finite
-logits when sampling with them, roll back the last applied update: the parameters, the optimizer state
-and the learning-rate schedule return to their values before it (a copy kept on the host before every
-update). A large but finite update can pass every check and still make the next rollout's logits
-overflow: that update counts as bad too, so an update is confirmed only by the finite rollout after it.
+What is checked: the sampled logits (lrm_fast/rollout/hf.py) or the sampled tokens' log-probs vLLM returns
+(lrm_fast/rollout/vllm.py), the loss, the gradient norm, and the parameters after the optimizer step
+(lrm_fast/training/update.py). A non-finite loss or gradient norm skips
+the optimizer step; non-finite parameters after it, or non-finite logits when sampling with them, roll
+back the update that made those weights: the parameters, the optimizer state and the learning-rate
+schedule return to their values before it. A large but finite update can pass every check and still make
+the next rollout's logits overflow: that update counts as bad too, so an update is confirmed only by a
+finite batch sampled with its weights or with weights descended from them.
 
-The run stops after `trainer.max_bad_steps` bad steps with no confirmed update between them, naming the
-step, the learning rate and the first non-finite quantity.
+Versions. The weights after step v are version v (0: the start, or the checkpoint a run resumed from);
+every batch records the version that sampled it. With asynchronous rollouts that is an older version than
+the current one (lrm_fast/training/async_rollout.py): batch n is sampled with version n - 1 - lag. So the
+guard keeps one snapshot per update not yet confirmed, each taken before its update, and a bad batch
+sampled with version v rolls back the newest update inside v's weights (with every update after it): the
+state before that update is the last one no bad batch came from. Rolling back only the last update would
+restore the weights that sampled the bad batch whenever lag > 0.
 
-Cost: one host copy of this rank's parameters and optimizer state per step (for FSDP2, its shards).
+The run stops after `trainer.max_bad_steps` bad steps with no update confirmed between them (an update
+applied after the last bad step, and with gradient: one of all zero-variance groups proves nothing),
+naming the step, the learning rate and the first non-finite quantity.
+
+Cost: one host copy of this rank's parameters and optimizer state per update not yet confirmed (for
+FSDP2, its shards): one in the synchronous loop, lag + 1 with asynchronous rollouts. Snapshots do not
+survive a checkpoint: after a resume, nothing before it can be rolled back.
 """
+
+from dataclasses import dataclass
 
 import torch
 
@@ -64,37 +78,73 @@ def _copy(value):
     return _local(value.detach()).to("cpu", copy=True) if torch.is_tensor(value) else value
 
 
-class DivergenceGuard:
-    """Keeps the state before the last applied update and counts bad steps since the last confirmed one."""
+@dataclass
+class _Update:
+    before: StateSnapshot  # the state the update started from
+    proves: bool  # it had gradient: its confirmation resets the count of bad steps
 
-    def __init__(self, model, optimizer, scheduler, max_bad_steps: int):
+
+class DivergenceGuard:
+    """The lineage of the policy's versions, a snapshot before every unconfirmed update, the bad-step count,
+    and the optimizer steps behind the current weights (asynchronous rollouts count staleness by them)."""
+
+    def __init__(self, model, optimizer, scheduler, max_bad_steps: int, optimizer_steps: int = 0):
         self.parts = (model, optimizer, scheduler)
         self.max_bad_steps = max_bad_steps
-        self.before_update: StateSnapshot | None = None  # the state the last applied update started from
-        self.unconfirmed = False  # an update was applied and no rollout has used it yet
+        self.updates: dict[int, _Update] = {}  # unconfirmed updates, by the step that applied them
+        # version -> the step of the newest update inside its weights (absent: none this guard can undo)
+        self.origin: dict[int, int] = {}
+        self.optimizer_steps = optimizer_steps  # behind the current weights, rollbacks undone
+        self._steps_before: dict[int, int] = {}  # optimizer_steps before each unconfirmed update
+        self._pending: StateSnapshot | None = None
         self.bad_in_a_row = 0
+        self.last_bad_step = 0
 
-    def rollout_ok(self) -> None:
-        """A finite rollout with the current weights confirms the update that made them."""
-        if self.unconfirmed:
-            self.unconfirmed, self.bad_in_a_row = False, 0
+    def before_update(self) -> None:
+        """Called before each rollout batch's update: the state it starts from."""
+        self._pending = StateSnapshot(*self.parts)
 
-    def snapshot(self) -> None:
-        """Called before each optimizer step."""
-        self.before_update = StateSnapshot(*self.parts)
+    def after_update(self, step: int, optimizer_steps: int, proves: bool) -> None:
+        """The update of `step` took `optimizer_steps` optimizer steps (0: none, the weights are
+        unchanged); the weights are now version `step`."""
+        if optimizer_steps:
+            self.updates[step] = _Update(self._pending, proves)
+            self._steps_before[step] = self.optimizer_steps
+            self.optimizer_steps += optimizer_steps
+            self.origin[step] = step
+        elif step - 1 in self.origin:
+            self.origin[step] = self.origin[step - 1]
+        self._pending = None
 
-    def applied(self) -> None:
-        self.unconfirmed = True
+    def confirm(self, version: int) -> None:
+        """A finite batch sampled with `version` confirms every update inside its weights."""
+        newest = self.origin.get(version)
+        confirmed = [step for step in self.updates if newest is not None and step <= newest]
+        if any(self.updates[step].proves and step > self.last_bad_step for step in confirmed):
+            self.bad_in_a_row = 0
+        for step in confirmed:
+            del self.updates[step], self._steps_before[step]
 
-    def bad_step(self, step: int, lr: float, quantity: str, roll_back: bool) -> str:
-        """Count a bad step (rolling back the last applied update if asked); the line to log. Raises
-        Diverged once `max_bad_steps` have come with no confirmed update between them."""
-        rolled = roll_back and self.before_update is not None
+    def bad_step(self, step: int, lr: float, quantity: str, sampled_with: int | None) -> tuple[str, bool]:
+        """Count a bad step of `step`; with `sampled_with` (the version whose weights gave the non-finite
+        quantity) roll back the newest update inside them, if it is not confirmed. The weights are then
+        version `step`. Returns the line to log and whether anything was rolled back; raises Diverged once
+        `max_bad_steps` have come with no confirmed update between them."""
+        newest = self.origin.get(sampled_with) if sampled_with is not None else None
+        rolled = newest in self.updates
         if rolled:
-            self.before_update.restore(*self.parts)
-            self.before_update, self.unconfirmed = None, False
+            self.updates[newest].before.restore(*self.parts)
+            self.optimizer_steps = self._steps_before[newest]
+            for undone in [s for s in self.updates if s >= newest]:
+                del self.updates[undone], self._steps_before[undone]
+            self.origin.pop(step, None)
+            if newest - 1 in self.origin:  # the restored weights are version newest - 1's
+                self.origin[step] = self.origin[newest - 1]
+        elif step - 1 in self.origin and step not in self.origin:
+            self.origin[step] = self.origin[step - 1]
         self.bad_in_a_row += 1
-        action = "the last update rolled back" if rolled else "no update taken"
+        self.last_bad_step = step
+        action = f"the update of step {newest} rolled back" if rolled else "no update taken"
         message = f"step {step}: non-finite {quantity} at lr {lr:.3g}, {action}"
         if self.bad_in_a_row >= self.max_bad_steps:
             raise Diverged(
@@ -102,4 +152,4 @@ class DivergenceGuard:
                 f"{self.max_bad_steps}): the run diverged. Its checkpoint of this step holds the last good "
                 "state; a new run with a smaller trainer.lr is the usual remedy"
             )
-        return message
+        return message, rolled

@@ -1,8 +1,61 @@
 """A training step's metrics from its counts: means per response, shares per group, the update's
-statistics and dynamic sampling's selection (summed over ranks by the trainer before these run)."""
+statistics and dynamic sampling's selection (summed over ranks by the trainer before these run).
 
+`step_metric_keys` is the one list of what a step logs (metrics.jsonl, TensorBoard), with the settings
+that add keys; the trainer's rows are tested against it.
+"""
+
+from lrm_fast.config import TrainConfig
+from lrm_fast.config.choices import Sampling, Truncated
 from lrm_fast.levers.dynamic_sampling import Selection
+from lrm_fast.levers.scoring import lever_metrics
 from lrm_fast.training.update import MISMATCH_SUMS
+
+
+def sample_counts(selection: Selection, dynamic: bool) -> dict[str, float]:
+    """This rank's counts of every response sampled in the step (all rounds of dynamic sampling), to be
+    summed over ranks: rewards, accuracy, zero-advantage groups (before / after the levers), lengths and
+    lever counts; the forwarded and kept counts are the trained groups'. Accuracy and lengths are the
+    policy's own responses (injected ones excluded: injection only ever replaces incorrect responses).
+    Generated tokens count every sampled response."""
+    scored, trained = selection.sampled, selection.samples
+    samples = scored.samples
+    sampled = [s for s in samples if not s.injected]
+    correct_lengths = [len(s.response_ids) for s in sampled if s.correct]
+    wrong_lengths = [len(s.response_ids) for s in sampled if not s.correct]
+    before, after = scored.before, scored.after
+    return {
+        "responses": len(samples),
+        "reward": sum(s.reward for s in samples),
+        "correct": sum(s.correct for s in sampled),
+        "groups": after.groups,
+        "all_correct": after.all_correct,
+        "all_wrong": after.all_wrong,
+        "all_correct_before": before.all_correct,
+        "all_wrong_before": before.all_wrong,
+        "n_correct": len(correct_lengths),
+        "len_correct": sum(correct_lengths),
+        "n_wrong": len(wrong_lengths),
+        "len_wrong": sum(wrong_lengths),
+        "forwarded": sum(s.forward for s in trained),
+        "kept": sum(s.regime_weight > 0 for s in trained),
+        "injected": scored.injected,
+        "shaped_groups": scored.shaped_groups,
+        "generated_tokens": selection.generated_tokens,
+        **scored.counts,
+        **(selection_counts(selection) if dynamic else {}),
+    }
+
+
+def sample_metrics(totals: dict[str, float], rounds: int, generated_total: int) -> dict[str, float]:
+    """The step's response metrics from `sample_counts` summed over ranks, and the run's generated tokens
+    so far."""
+    tokens = {
+        "rollout/generated_tokens": totals["generated_tokens"],
+        "rollout/generated_tokens_total": float(generated_total),
+    }
+    sampling = sampling_metrics(totals, rounds) if "kept_groups" in totals else {}
+    return {**shares(totals), **lever_metrics(totals), **tokens, **sampling}
 
 
 def update_metrics(update, lr: float) -> dict[str, float]:
@@ -64,3 +117,75 @@ def shares(t: dict[str, float]) -> dict[str, float]:
         "injection/responses": t["injected"],
         "reward/rlr_shaped_groups": t["shaped_groups"],
     }
+
+
+# Every row of a trained step (before the levers, after them, the update and its timing).
+STEP_KEYS = (
+    "reward/mean",
+    "reward/accuracy",
+    "zero_adv/ratio",
+    "zero_adv/all_correct",
+    "zero_adv/all_wrong",
+    "zero_adv/ratio_before",
+    "zero_adv/all_correct_before",
+    "zero_adv/all_wrong_before",
+    "length/response_mean",
+    "length/correct_mean",
+    "length/incorrect_mean",
+    "batch/forwarded_responses",
+    "regime/kept_responses",
+    "regime/negative_only",
+    "injection/responses",
+    "reward/rlr_shaped_groups",
+    "rollout/generated_tokens",
+    "rollout/generated_tokens_total",
+    "loss/policy",
+    "loss/clip_fraction",
+    "loss/dual_clip_fraction",
+    "loss/approx_kl",
+    "loss/ref_kl",
+    "loss/entropy",
+    "loss/kept_tokens",
+    "optim/grad_norm",
+    "optim/skipped",
+    "optim/steps",
+    "optim/lr",
+    "time/rollout_s",
+    "time/reward_s",
+    "time/update_s",
+    "time/weight_sync_s",
+    "time/step_s",
+    "perf/tokens_per_s",
+)
+# A step skipped before its update (its batch met non-finite logits: the guard rolled back).
+SKIPPED_STEP_KEYS = ("optim/skipped", "optim/steps", "optim/lr", "time/rollout_s", "time/reward_s")
+SAMPLING_KEYS = tuple(f"sampling/{k}" for k in (
+    "rounds", "prompts", "informative_groups", "kept_groups", "padded_groups", "prompts_per_kept_group"
+))  # fmt: skip
+ASYNC_KEYS = ("async/overlap_s", "async/staleness", "async/sampling_s")
+# The sampler / trainer mismatch (rollout.log_mismatch, rollout.tis_cap, asynchronous rollouts): present
+# when a step forwarded at least one sampled token (injected tokens have no sampler log-prob).
+MISMATCH_KEYS = tuple(f"rollout/{k}" for k in MISMATCH_SUMS[:-1])
+EVAL_KEYS = ("eval/accuracy",)  # rows of their own, at eval.every steps
+
+
+def step_metric_keys(cfg: TrainConfig, asynchronous: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """(always, measured): the keys every trained step of a run with `cfg` logs, and those it logs when
+    there was something to measure (the mismatch)."""
+    reward = cfg.reward
+    levers = {
+        "reward/repetition_penalty": reward.repetition_penalty != 0,
+        "reward/repetition_penalised": reward.repetition_penalty != 0,
+        "reward/truncation_masked": reward.truncated != Truncated.keep,
+        "reward/overlong_penalty": reward.overlong_buffer > 0,
+        "reward/overlong_penalised": reward.overlong_buffer > 0,
+        "reward/kl_penalty": reward.kl_coef > 0,
+    }
+    always = {*STEP_KEYS, *(key for key, on in levers.items() if on)}
+    if cfg.sampling.name == Sampling.dynamic:
+        always |= set(SAMPLING_KEYS)
+    if asynchronous:
+        always |= set(ASYNC_KEYS)
+    mismatch = cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None or asynchronous
+    measured = set(MISMATCH_KEYS) if mismatch else set()
+    return frozenset(always), frozenset(measured)

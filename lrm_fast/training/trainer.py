@@ -3,7 +3,10 @@
 One step (DESIGN.md "Data flow"): B prompts are drawn (each rank takes B / world of them), G responses
 sampled per prompt, graded 1/0 against the answer, turned into group-relative advantages, packed into
 micro-batches under a token budget and used for clipped-policy-gradient optimizer steps: one by default,
-or `trainer.epochs` passes over `trainer.mini_batches` mini-batches (lrm_fast/training/update.py).
+or `trainer.epochs` passes over `trainer.mini_batches` mini-batches (lrm_fast/training/update.py). Each
+step's batch is a request with its own seed (lrm_fast/training/async_rollout.py: `sample_request`), sampled
+in this process, or ahead of time by the rollout process with trainer.max_staleness > 0, so the two modes
+sample the same batches from the same weights.
 
 The study's levers plug in between sampling and the update (lrm_fast/levers/scoring.py): offline sample
 injection and the relative length reward before the advantages, the sample regime after them
@@ -16,7 +19,7 @@ Simplifications: one optimizer step per rollout batch by default (on-policy, as 
 runs; its LUFFY run takes two); the learning-rate schedule counts rollout steps, as verl's does (one
 scheduler step per update_policy, fsdp_workers.py:463), whatever the optimizer steps per batch; responses of
 zero-variance groups are not forwarded when `regime.drop_zero_variance` (they have A = 0; only their KL
-and entropy terms are lost, and their tokens still count in the normalisers).
+and entropy terms are lost, and they still count in the normalisers and the micro-batch cut).
 """
 
 import json
@@ -35,10 +38,10 @@ from lrm_fast.config.choices import Injection, MixedPrecision, Regime, RolloutEn
 from lrm_fast.config.validation import round_prompts
 from lrm_fast.data.sampler import PromptSampler
 from lrm_fast.evaluation.multi_round import evaluate as evaluate_benchmark
-from lrm_fast.levers.dynamic_sampling import Selection, select_groups, static_selection
+from lrm_fast.levers.dynamic_sampling import Selection
 from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.levers.regimes import RegimeSchedule, apply_regime
-from lrm_fast.levers.scoring import ScoredStep, lever_metrics
+from lrm_fast.levers.scoring import ScoredStep
 from lrm_fast.model.fsdp import apply_fsdp, gathered_for_generation
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.rollout.sharded import ShardedBackend
@@ -52,20 +55,22 @@ from lrm_fast.training.assembly import (
     encode,
     score,
 )
-from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed
+from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed, sample_request
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.training.guard import Diverged, DivergenceGuard
 from lrm_fast.training.metrics import MetricsLogger
-from lrm_fast.training.update import policy_updates
+from lrm_fast.training.tracking import Trackers
+from lrm_fast.training.update import policy_updates, response_log_ratios
 
 
 class GRPOTrainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo, data: RunData):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo, data: RunData, trackers: Trackers):
         self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
         self.train_examples, self.heldout_examples = data.train, data.heldout
         torch.manual_seed(cfg.seed + dist.rank)  # ranks sample different responses
         self.model, self.tokenizer = build_policy(cfg, dist.device)
-        self.ref_model = deepcopy(self.model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
+        with_reference = cfg.loss.kl_coef > 0 or cfg.reward.kl_coef > 0
+        self.ref_model = deepcopy(self.model).eval().requires_grad_(False) if with_reference else None
         self.bf16 = _use_bf16(cfg.trainer.mixed_precision, dist.device)
         if dist.world_size > 1:
             self.model = apply_fsdp(self.model, bf16=self.bf16)
@@ -82,14 +87,22 @@ class GRPOTrainer:
         self._start = time.perf_counter()
         self.pipeline, in_flight = None, self._resume()
         self.backend.sync_weights(self.model)  # a separate engine starts from the (resumed) policy
+        if in_flight is not None and not cfg.trainer.max_staleness:
+            raise ValueError(
+                f"the checkpoint of step {self.step_count} holds batches sampled ahead by asynchronous "
+                f"rollouts ({len(in_flight['requests'])}): resume it with the run's "
+                "trainer.max_staleness (> 0)"
+            )
         if cfg.trainer.max_staleness:
             if dist.world_size > 1:
                 raise ValueError("trainer.max_staleness > 0 runs in one process (no torchrun) for now")
-            self.pipeline = AsyncRollouts(cfg, self.model, self.tokenizer, self.bank)
+            self.pipeline = AsyncRollouts(cfg, self.model, self.tokenizer, self.bank, self.ref_model)
             if in_flight is not None:
                 self.pipeline.load_state_dict(in_flight)
+            else:  # a fresh run, or a synchronous checkpoint: the next batch is the next step's
+                self.pipeline.requested = self.step_count
         self.logger = MetricsLogger(
-            self.run_dir, cfg.trainer.steps, self.step_count, dist.is_main, cfg.trainer.progress_bar
+            self.run_dir, cfg.trainer.steps, self.step_count, dist.is_main, cfg.trainer.progress_bar, trackers
         )
         if self.pipeline is not None:
             self.logger.write(
@@ -159,10 +172,7 @@ class GRPOTrainer:
             try:
                 return self._evaluate_once(label)
             except NonFiniteError:
-                lr = self.scheduler.get_last_lr()[0]
-                quantity = f"sampled logits ({label} evaluation)"
-                self.logger.write(self.guard.bad_step(self.step_count, lr, quantity, roll_back=True))
-                self.backend.sync_weights(self.model)
+                self._roll_back(f"sampled logits ({label} evaluation)", sampled_with=self.step_count)
                 if self.step_count:
                     self._checkpoint()
 
@@ -196,16 +206,12 @@ class GRPOTrainer:
         start = time.perf_counter()
         timings = self._timings = {"time/rollout_s": 0.0, "time/reward_s": 0.0}
         self._async = {}  # the asynchronous pipeline's numbers (staleness, overlap), not phase times
-        selection = self._select() if self.pipeline is None else self._select_async()
+        selection, version = self._select() if self.pipeline is None else self._select_async()
         tick = time.perf_counter()
-        if selection is None:  # the last update made the policy's logits overflow: undo it
-            lr = self.scheduler.get_last_lr()[0]
-            self.logger.write(self.guard.bad_step(self.step_count, lr, "sampled logits", roll_back=True))
-            self.backend.sync_weights(self.model)
-            if self.pipeline is not None:  # batches sampled with the undone weights are sampled again
-                self.pipeline.resubmit(self.model, version=self.step_count - 1)
+        if selection is None:  # the weights that sampled it made the logits overflow: undo their update
+            lr = self._roll_back("sampled logits", sampled_with=version)
             return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings, **self._async}
-        self.guard.rollout_ok()
+        self.guard.confirm(version)
         samples = selection.samples
 
         regime = self.regimes.regime(self.step_count)
@@ -229,85 +235,102 @@ class GRPOTrainer:
         }
 
     def _guarded_update(self, samples):
-        """The policy update with the state before it kept for a rollback; a non-finite one is counted.
+        """The policy update, with the state before it kept until a batch sampled from it confirms it
+        (lrm_fast/training/guard.py); a non-finite one is counted, and rolled back if its parameters are.
 
         One snapshot before the first of the rollout batch's optimizer steps: a rollback undoes all of
         them (every step of the update ran on data the rolled-back policy sampled)."""
-        self.guard.snapshot()
+        self.guard.before_update()
         update, lr = self._update(self._micro_batches(samples))
+        # The step that met a non-finite loss or gradient norm was not taken; non-finite parameters were.
+        taken = update.steps - (update.nonfinite in ("loss", "gradient norm"))
+        self.guard.after_update(self.step_count, taken, proves=update.grad_norm > 0)
         if update.skipped:
-            rolled = update.nonfinite == "updated parameters"
-            self.logger.write(self.guard.bad_step(self.step_count, lr, update.nonfinite, roll_back=rolled))
-        elif update.grad_norm > 0:  # an update without gradient (all groups zero-variance) proves nothing
-            self.guard.applied()
+            bad_weights = update.nonfinite == "updated parameters"
+            self._roll_back(update.nonfinite, sampled_with=self.step_count if bad_weights else None)
         return update, lr
 
-    def _select(self) -> Selection | None:
-        """The groups this step trains on: one round of B prompts, or dynamic sampling's rounds until B
-        informative groups (each rank its share). None when sampling met non-finite logits."""
-        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world_size
-        group_size = cfg.rollout.group_size
-        if cfg.sampling.name == Sampling.static:
-            scored = self._draw(cfg.trainer.prompts_per_step)
-            return None if scored is None else static_selection(scored, group_size)
-        quota = len(range(rank, cfg.trainer.prompts_per_step, world))
+    def _roll_back(self, quantity: str, sampled_with: int | None) -> float:
+        """Count a bad step (undoing the update inside the weights of version `sampled_with`, when there is
+        one to undo) and bring every sampler to the weights kept: the engine, and the batches in flight,
+        sampled again. Returns the learning rate."""
+        lr = self.scheduler.get_last_lr()[0]
+        line, rolled = self.guard.bad_step(self.step_count, lr, quantity, sampled_with)
+        self.logger.write(line)
+        if rolled:
+            self.backend.sync_weights(self.model)
+            if self.pipeline is not None:
+                self.pipeline.resubmit(self.model, self.step_count, self.guard.optimizer_steps)
+        return lr
+
+    def _request(self, index: int, version: int) -> Request:
+        """Batch `index`, to be sampled with version `version`: its prompts (every round a dynamic step
+        may need, reserved now) and its seed."""
+        cfg = self.cfg
+        rounds = cfg.sampling.max_rounds if cfg.sampling.name == Sampling.dynamic else 1
+        prompts = [self.sampler.next_batch(round_prompts(cfg)) for _ in range(rounds)]
+        return Request(index, version, prompts, request_seed(cfg.seed, index), self.guard.optimizer_steps)
+
+    def _select(self) -> tuple[Selection | None, int]:
+        """The groups this step trains on, sampled here with the current weights (version n - 1): one
+        round of B prompts, or dynamic sampling's rounds until B informative groups (each rank its share).
+        None when sampling met non-finite logits."""
+        n, rank, world = self.step_count, self.dist.rank, self.dist.world_size
 
         def all_full(full: bool) -> bool:
             short = torch.tensor([0 if full else 1], dtype=torch.int32)
             return all_reduce(short, op=torch.distributed.ReduceOp.MAX).item() == 0
 
-        def draw() -> ScoredStep | None:
-            return self._draw(round_prompts(cfg))
+        request = self._request(n, n - 1)
+        return sample_request(request, self._rollouts, self._score, self.cfg, rank, world, all_full), n - 1
 
-        return select_groups(draw, quota, group_size, cfg.sampling, all_full)
-
-    def _select_async(self) -> Selection | None:
+    def _select_async(self) -> tuple[Selection | None, int]:
         """Batch n from the rollout process, after requesting batch n + lag with the current weights
-        W_{n-1} (the first step requests batches 1 .. 1 + lag, all with W_0)."""
+        (the first step requests batches 1 .. 1 + lag, all with the starting weights)."""
         pipeline, n, cfg = self.pipeline, self.step_count, self.cfg
-        rounds = cfg.sampling.max_rounds if cfg.sampling.name == Sampling.dynamic else 1
         while pipeline.requested < n + pipeline.lag:
-            index = pipeline.requested + 1
-            prompts = [self.sampler.next_batch(round_prompts(cfg)) for _ in range(rounds)]
-            pipeline.request(Request(index, n - 1, prompts, request_seed(cfg.seed, index)), self.model)
+            pipeline.request(self._request(pipeline.requested + 1, n - 1), self.model)
         tick = time.perf_counter()
         result = pipeline.take(n)
-        staleness = (n - 1 - result.version) * cfg.trainer.mini_batches
+        staleness = self.guard.optimizer_steps - result.steps  # optimizer steps since its weights
         if staleness > cfg.trainer.max_staleness:  # the schedule guarantees it; a broken one must not train
             raise RuntimeError(
-                f"batch {n} is {staleness} policy versions old (max {cfg.trainer.max_staleness})"
+                f"batch {n} is {staleness} optimizer steps old (max {cfg.trainer.max_staleness})"
             )
         self._timings["time/rollout_s"] = time.perf_counter() - tick  # waiting for it
         self._async["async/staleness"] = float(staleness)
         self._async["async/sampling_s"] = result.end - result.start
-        return result.selection
+        return result.selection, result.version
 
-    def _draw(self, num_prompts: int) -> ScoredStep | None:
-        """One sampling round: `num_prompts` prompts (this rank's share of them) sampled and scored."""
-        cfg, tick = self.cfg, time.perf_counter()
-        examples = self.sampler.next_batch(num_prompts)[self.dist.rank :: self.dist.world_size]
-        rollouts = self._rollouts(examples)
-        self._timings["time/rollout_s"] += time.perf_counter() - tick
-        if rollouts is None:
-            return None
-        tick = time.perf_counter()
-        scored = score(cfg, examples, rollouts, self.tokenizer, self.bank)
-        self._timings["time/reward_s"] += time.perf_counter() - tick
-        return scored
-
-    def _rollouts(self, examples):
+    def _rollouts(self, examples, params: SamplingParams):
         """G sampled responses to each of this rank's prompts; None when any rank met non-finite logits
         (every rank then skips the step together)."""
+        tick = time.perf_counter()
         prompts = encode(examples, self.tokenizer, self.cfg)
-        rollout = self.cfg.rollout
-        params = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p)
         try:
             with self._generating():
-                rollouts = self.backend.generate(prompts, group_size=rollout.group_size, params=params)
+                rollouts = self.backend.generate(prompts, self.cfg.rollout.group_size, params)
         except NonFiniteError:
             rollouts = None
         failed = torch.tensor([rollouts is None], dtype=torch.int32)
-        return None if all_reduce(failed, op=torch.distributed.ReduceOp.MAX).item() else rollouts
+        failed = all_reduce(failed, op=torch.distributed.ReduceOp.MAX).item()
+        self._timings["time/rollout_s"] += time.perf_counter() - tick
+        return None if failed else rollouts
+
+    def _score(self, examples, rollouts) -> ScoredStep:
+        tick = time.perf_counter()
+        log_ratios = self._log_ratios if self.cfg.reward.kl_coef else None
+        scored = score(self.cfg, examples, rollouts, self.tokenizer, self.bank, log_ratios)
+        self._timings["time/reward_s"] += time.perf_counter() - tick
+        return scored
+
+    def _log_ratios(self, samples) -> list[float]:
+        """Each response's summed log-ratio of the policy that sampled it (the current one) to the
+        reference, for the KL in the reward."""
+        with threads(self._update_threads()):
+            return response_log_ratios(
+                self.model, self.ref_model, samples, self.cfg.loss, self.cfg.rollout.temperature
+            )
 
     def _micro_batches(self, samples) -> list[list[M.MicroBatch]]:
         """The micro-batches of each mini-batch (one, the whole batch, by default), weighted with that
@@ -330,15 +353,14 @@ class GRPOTrainer:
 
     def _collated(self, samples, normalisers: B.Normalisers) -> list[M.MicroBatch]:
         """Token weights of one mini-batch, then its micro-batches under the token budget."""
-        cfg = self.cfg
-        sum_norm = cfg.loss.sum_norm_length or cfg.rollout.max_new_tokens
-        B.assign_weights(samples, cfg.loss.aggregation, normalisers, sum_norm)
-        packed = cfg.loss.packing  # one row per micro-batch, no padding
+        loss = self.cfg.loss
+        sum_norm = loss.sum_norm_length or self.cfg.rollout.max_new_tokens
+        groups = M.weighted_micro_batches(
+            samples, loss.aggregation, normalisers, sum_norm, loss.micro_batch_tokens, loss.packing
+        )
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        groups = M.micro_batches(samples, cfg.loss.micro_batch_tokens, packed)
-        B.weight_micro_batches(groups, cfg.loss.aggregation, sum_norm)
-        batches = [M.collate(group, packed, pad_id) for group in groups]
-        if cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None or self.pipeline is not None:
+        batches = [M.collate(group, loss.packing, pad_id) for group in groups]
+        if self.cfg.rollout.log_mismatch or self.cfg.rollout.tis_cap is not None or self.pipeline is not None:
             for batch, group in zip(batches, groups, strict=True):
                 batch.sampler_logprobs = M.sampler_logprobs(group)
         return batches
@@ -382,49 +404,13 @@ class GRPOTrainer:
         return self.cfg.rollout.tis_cap
 
     def _sample_metrics(self, selection: Selection) -> dict[str, float]:
-        """Rewards, accuracy, zero-advantage shares (before / after the levers), lengths and lever counts,
-        summed over ranks, of every response sampled in the step (all rounds of dynamic sampling); the
-        forwarded and kept counts are the trained groups'. Accuracy and lengths are the policy's own
-        responses (injected ones excluded: injection only ever replaces incorrect responses). Generated
-        tokens count every sampled response, and their running total is checkpointed."""
-        scored, trained = selection.sampled, selection.samples
-        samples = scored.samples
-        sampled = [s for s in samples if not s.injected]
-        correct_lengths = [len(s.response_ids) for s in sampled if s.correct]
-        wrong_lengths = [len(s.response_ids) for s in sampled if not s.correct]
-        before, after = scored.before, scored.after
-        values = {
-            "responses": len(samples),
-            "reward": sum(s.reward for s in samples),
-            "correct": sum(s.correct for s in sampled),
-            "groups": after.groups,
-            "all_correct": after.all_correct,
-            "all_wrong": after.all_wrong,
-            "all_correct_before": before.all_correct,
-            "all_wrong_before": before.all_wrong,
-            "n_correct": len(correct_lengths),
-            "len_correct": sum(correct_lengths),
-            "n_wrong": len(wrong_lengths),
-            "len_wrong": sum(wrong_lengths),
-            "forwarded": sum(s.forward for s in trained),
-            "kept": sum(s.regime_weight > 0 for s in trained),
-            "injected": scored.injected,
-            "shaped_groups": scored.shaped_groups,
-            "generated_tokens": selection.generated_tokens,
-            **scored.counts,
-            **(
-                step_metrics.selection_counts(selection) if self.cfg.sampling.name == Sampling.dynamic else {}
-            ),
-        }
-        summed = all_reduce(torch.tensor(list(values.values()), dtype=torch.float64)).tolist()
-        totals = dict(zip(values, summed, strict=True))
+        """The step's response metrics (step_metrics.sample_counts), summed over ranks; the generated
+        tokens' running total is checkpointed."""
+        counts = step_metrics.sample_counts(selection, self.cfg.sampling.name == Sampling.dynamic)
+        summed = all_reduce(torch.tensor(list(counts.values()), dtype=torch.float64)).tolist()
+        totals = dict(zip(counts, summed, strict=True))
         self.state["generated_tokens"] += int(totals["generated_tokens"])
-        tokens = {
-            "rollout/generated_tokens": totals["generated_tokens"],
-            "rollout/generated_tokens_total": float(self.state["generated_tokens"]),
-        }
-        sampling = step_metrics.sampling_metrics(totals, selection.rounds) if "kept_groups" in totals else {}
-        return {**step_metrics.shares(totals), **lever_metrics(totals), **tokens, **sampling}
+        return step_metrics.sample_metrics(totals, selection.rounds, self.state["generated_tokens"])
 
     def _generating(self):
         """Sampling with our own loop on the FSDP policy needs its parameters gathered; a vLLM engine
@@ -454,6 +440,7 @@ class GRPOTrainer:
             "sampler": self.sampler.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "regimes": self.regimes.state_dict(),
+            "optimizer_steps": self.guard.optimizer_steps,
             **self.state,
         }
         if self.pipeline is not None:  # the batches in flight were sampled with weights not saved here
@@ -477,6 +464,7 @@ class GRPOTrainer:
         self.scheduler.load_state_dict(state.pop("scheduler"))
         self.regimes.load_state_dict(state.pop("regimes"))
         self.step_count = state.pop("step")
+        self.guard.optimizer_steps = state.pop("optimizer_steps", 0)
         in_flight = state.pop("async", None)
         self.state = state
         return in_flight

@@ -138,7 +138,8 @@ def test_attention_implementation_is_restored_after_an_error():
 def test_packing_respects_the_token_budget_and_forwards_each_sample_once(token_budget):
     samples = synthetic_samples(num_groups=5, group_size=4)
     samples[3].forward = samples[10].forward = False
-    batches = M.micro_batches(samples, token_budget, True)
+    normalisers = B.local_normalisers(samples)
+    batches = M.weighted_micro_batches(samples, "token_mean", normalisers, 10, token_budget, True)
     for mb in batches:
         assert len(mb) == 1 or sum(s.num_tokens for s in mb) <= token_budget
     packed = [s for mb in batches for s in mb]

@@ -111,9 +111,8 @@ def test_a_pruned_step_shrinks_by_the_kept_share_of_responses():
     samples = _samples([3, 2, 4, 1, 5, 2])
     for s in samples[::3]:
         s.regime_weight, s.forward = 0.0, False
-    B.assign_weights(samples, "micro_batch_token_mean", B.local_normalisers(samples), C)
-    groups = M.micro_batches(samples, token_budget=14, packed=True)
+    normalisers = B.local_normalisers(samples)
+    groups = M.weighted_micro_batches(samples, "micro_batch_token_mean", normalisers, C, 14, packed=True)
     assert len(groups) > 1
-    B.weight_micro_batches(groups, "micro_batch_token_mean", C)
     kept_weight = sum(s.weight * len(s.response_ids) for group in groups for s in group)
     assert kept_weight == pytest.approx(4 / 6)

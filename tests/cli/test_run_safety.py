@@ -42,6 +42,16 @@ def _error_line(result) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+def _files(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` by relative path, but the lock: a launch that takes it (and then refuses
+    the directory) writes its own pid there."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != ".lock"
+    }
+
+
 def test_a_second_run_on_a_live_run_directory_is_refused(env, tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(
@@ -56,9 +66,12 @@ def test_a_second_run_on_a_live_run_directory_is_refused(env, tmp_path):
         while not (run / "metrics.jsonl").exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert first.poll() is None, "the first run ended before the test could overlap it"
+        record = _files(run / ".hydra")
+        assert b"seed=0" in record["overrides.yaml"]
         second = _train(["trainer.steps=6", f"hydra.run.dir={run}", "seed=1"], env, tmp_path)
         line = _error_line(second)
         assert f"{run} is in use by another lrm-fast-train run (pid {first.pid} on " in line
+        assert _files(run / ".hydra") == record  # the refused launch wrote nothing there
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -66,8 +79,10 @@ def test_a_second_run_on_a_live_run_directory_is_refused(env, tmp_path):
     assert steps == sorted(set(steps))  # one run's rows only
     assert "seed: 0" in (run / "config.yaml").read_text()
     # Dead now: its directory is reused only through trainer.resume (the kernel dropped the lock).
+    before = _files(run)
     again = _train(["trainer.steps=6", f"hydra.run.dir={run}"], env, tmp_path)
     assert f"{run} already holds a run" in _error_line(again) and "trainer.resume=" in _error_line(again)
+    assert _files(run) == before  # nothing of the run's directory changed
     resumed = _train([f"trainer.resume={run}", "trainer.steps=2"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
@@ -113,9 +128,9 @@ def test_a_diverging_run_is_rolled_back_counted_and_stopped_resumably(env, tmp_p
     stop = int(line.split("step ")[1].split(":")[0])
     skipped = [row["step"] for row in read_metrics(run) if row.get("optim/skipped") == 1.0]
     assert len(skipped) == 2 and all(step < stop for step in skipped)  # the third one is the stop
-    assert f"step {skipped[0]}: non-finite sampled logits at lr 1e+08, the last update rolled back" in (
-        result.stdout + result.stderr
-    )
+    # Batch n is sampled with the weights after step n - 1: that step's update is undone.
+    undone = f"step {skipped[0]}: non-finite sampled logits at lr 1e+08, the update of step {skipped[0] - 1}"
+    assert f"{undone} rolled back" in result.stdout + result.stderr
     assert (run / "checkpoints" / f"step_{stop:06d}").is_dir()
     # The checkpoint holds the rolled-back (finite) state: a resume that trains no further finishes.
     resumed = _resume(run, [f"trainer.steps={stop}"], env, tmp_path)

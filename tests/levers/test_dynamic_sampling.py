@@ -181,10 +181,10 @@ def test_overlong_filter_takes_every_cut_response(length, ends_in_eos, filtered,
 
 def _grad(model, samples, aggregation):
     """The trainer's path: global normalisers, weights, micro-batches, loss, backward."""
-    B.assign_weights(samples, aggregation, B.local_normalisers(samples), sum_norm_length=10)
+    normalisers = B.local_normalisers(samples)
     model.zero_grad(set_to_none=True)
     loss_cfg = LossConfig(kl_coef=0.0, entropy_coef=0.01, backend="torch")
-    for group in M.micro_batches(samples, 10_000, False):
+    for group in M.weighted_micro_batches(samples, aggregation, normalisers, 10, 10_000, False):
         loss, _ = micro_batch_loss(model, None, M.collate(group, False), loss_cfg, 1.0)
         loss.backward()
     return flat_grad(model)

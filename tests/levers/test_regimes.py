@@ -57,10 +57,10 @@ def test_regime_drop_zero_variance_skips_forward_but_keeps_weight():
 
 def loss_and_grad(model, samples, aggregation="token_mean", renormalise=False):
     counted = [s for s in samples if s.regime_weight > 0] if renormalise else samples
-    B.assign_weights(samples, aggregation, B.local_normalisers(counted), sum_norm_length=10)
+    normalisers = B.local_normalisers(counted)
     model.zero_grad(set_to_none=True)
     total = 0.0
-    for mb in M.micro_batches(samples, 4096, False):
+    for mb in M.weighted_micro_batches(samples, aggregation, normalisers, 10, 4096, False):
         loss, _ = micro_batch_loss(model, None, M.collate(mb, False), LossConfig(backend="torch"), 1.0)
         loss.backward()
         total += loss.item()

@@ -73,7 +73,7 @@ def test_a_rollback_samples_the_batches_in_flight_again_with_the_restored_weight
         for index in (1, 2):
             pipeline.request(Request(index, 3, [examples], seed=index), model)
         model.load_state_dict(restored)
-        pipeline.resubmit(model, version=2)
+        pipeline.resubmit(model, version=2, steps=0)
         results = [pipeline.take(1), pipeline.take(2)]
     finally:
         pipeline.close()

@@ -133,32 +133,82 @@ def test_guard_rolls_back_counts_and_stops():
     guard = DivergenceGuard(*parts, max_bad_steps=3)
     _update(*parts, batches)
     good = _state(*parts)
-    guard.snapshot()
+    guard.before_update()
     _update(*parts, batches)
-    guard.applied()
-    # The next rollout overflowed: the update that made its weights is undone.
-    line = guard.bad_step(step=2, lr=1e-3, quantity="sampled logits", roll_back=True)
-    assert line == "step 2: non-finite sampled logits at lr 0.001, the last update rolled back"
+    guard.after_update(step=1, optimizer_steps=1, proves=True)
+    # The next rollout (sampled with version 1, the weights after step 1) overflowed: update 1 is undone.
+    line, rolled = guard.bad_step(step=2, lr=1e-3, quantity="sampled logits", sampled_with=1)
+    assert rolled
+    assert line == "step 2: non-finite sampled logits at lr 0.001, the update of step 1 rolled back"
     _assert_same_state(_state(*parts), good)
+    assert guard.optimizer_steps == 0
     # Nothing left to roll back: a second bad step only counts.
-    assert guard.bad_step(3, 1e-3, "loss", roll_back=True).endswith("no update taken")
+    line, rolled = guard.bad_step(3, 1e-3, "loss", sampled_with=2)
+    assert not rolled and line.endswith("no update taken")
     stop = r"step 4: non-finite gradient norm at lr 0.001, .*3 bad steps in a row"
     with pytest.raises(Diverged, match=stop):
-        guard.bad_step(4, 1e-3, "gradient norm", roll_back=False)
+        guard.bad_step(4, 1e-3, "gradient norm", sampled_with=None)
 
 
-def test_only_a_finite_rollout_after_an_update_confirms_it():
+def test_only_a_finite_batch_sampled_after_an_update_confirms_it():
     guard = DivergenceGuard(*_parts(), max_bad_steps=2)
-    guard.bad_step(1, 1.0, "loss", roll_back=False)
-    guard.rollout_ok()  # no update since the bad step: nothing confirmed, the count stays
+    guard.bad_step(1, 1.0, "loss", sampled_with=None)
+    guard.confirm(1)  # no update since the bad step: nothing confirmed, the count stays
     with pytest.raises(Diverged):
-        guard.bad_step(2, 1.0, "loss", roll_back=False)
+        guard.bad_step(2, 1.0, "loss", sampled_with=None)
     guard = DivergenceGuard(*_parts(), max_bad_steps=2)
-    guard.bad_step(1, 1.0, "loss", roll_back=False)
-    guard.applied()
-    guard.rollout_ok()  # an update, then a finite rollout with it: the count starts again
-    guard.bad_step(2, 1.0, "loss", roll_back=False)
-    assert guard.bad_in_a_row == 1
+    guard.bad_step(1, 1.0, "loss", sampled_with=None)
+    guard.before_update()
+    guard.after_update(2, optimizer_steps=1, proves=True)
+    guard.confirm(1)  # a batch sampled before the update says nothing about it
+    assert guard.bad_in_a_row == 1 and 2 in guard.updates
+    guard.confirm(2)  # an update, then a finite batch sampled with it: the count starts again
+    assert guard.bad_in_a_row == 0 and not guard.updates
+
+
+def _versions(parts, batches, guard, steps):
+    """`steps` updates, each its own version; returns the state of every version (0: the start)."""
+    states = [_state(*parts)]
+    for step in range(1, steps + 1):
+        guard.before_update()
+        _update(*parts, batches)
+        guard.after_update(step, optimizer_steps=2, proves=True)
+        states.append(_state(*parts))
+    return states
+
+
+@pytest.mark.parametrize("lag", [0, 1, 2])
+def test_a_bad_batch_undoes_the_update_that_made_the_weights_that_sampled_it(lag):
+    """Batch n is sampled with version n - 1 - lag; when it overflows, the state before the update that
+    made that version comes back, whatever updates came after it."""
+    parts, batches = _parts(), _batches()
+    guard = DivergenceGuard(*parts, max_bad_steps=3)
+    step = 4 + lag  # updates 1 .. step - 1 applied, none confirmed
+    states = _versions(parts, batches, guard, step - 1)
+    sampled_with = step - 1 - lag
+    line, rolled = guard.bad_step(step, 1e-3, "sampled logits", sampled_with=sampled_with)
+    assert rolled and f"update of step {sampled_with} rolled back" in line
+    _assert_same_state(_state(*parts), states[sampled_with - 1])
+    assert guard.optimizer_steps == 2 * (sampled_with - 1)
+    assert sorted(guard.updates) == list(range(1, sampled_with))  # later updates are gone with it
+    # The restored weights are now version `step`; a bad batch from them undoes the update before.
+    _, rolled = guard.bad_step(step + 1, 1e-3, "sampled logits", sampled_with=step)
+    assert rolled
+    _assert_same_state(_state(*parts), states[sampled_with - 2])
+
+
+def test_a_confirmed_update_is_never_undone():
+    parts, batches = _parts(), _batches()
+    guard = DivergenceGuard(*parts, max_bad_steps=3)
+    states = _versions(parts, batches, guard, 3)
+    guard.confirm(2)  # a finite batch sampled with version 2 confirms updates 1 and 2
+    assert sorted(guard.updates) == [3]
+    _, rolled = guard.bad_step(4, 1e-3, "sampled logits", sampled_with=2)
+    assert not rolled
+    _assert_same_state(_state(*parts), states[3])
+    _, rolled = guard.bad_step(5, 1e-3, "sampled logits", sampled_with=3)
+    assert rolled
+    _assert_same_state(_state(*parts), states[2])
 
 
 def test_sampling_from_non_finite_logits_raises():

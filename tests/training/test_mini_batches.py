@@ -129,7 +129,7 @@ def test_the_guard_rolls_back_every_step_of_the_update():
     )
     guard = DivergenceGuard(model, optimizer, scheduler, max_bad_steps=3)
     before = _params(model)
-    guard.snapshot()
+    guard.before_update()
     taken, step = [], optimizer.step
 
     def step_then_poison(*args, **kwargs):
@@ -143,7 +143,8 @@ def test_the_guard_rolls_back_every_step_of_the_update():
     result = policy_updates(model, None, optimizer, _mini_batches(3), LOSS, 1.0, 1.0)
     assert result.steps == 2 and result.nonfinite == "updated parameters"
     assert not torch.equal(taken[0], before)  # the first step had changed the policy
-    guard.bad_step(1, 1e-3, result.nonfinite, roll_back=True)
+    guard.after_update(1, optimizer_steps=2, proves=True)
+    guard.bad_step(1, 1e-3, result.nonfinite, sampled_with=1)
     assert torch.equal(_params(model), before)
 
 
