@@ -109,11 +109,11 @@ def _count_optimizer_steps(trainer: GRPOTrainer, run: Run) -> None:
     trainer.optimizer.register_step_post_hook(count)
     update = trainer._guarded_update
 
-    def noted_update(samples):
+    def noted_update(samples, version):
         run.trained_at[trainer.step_count] = taken[0]
         updating[0] = True
         try:
-            return update(samples)
+            return update(samples, version)
         finally:
             updating[0] = False
 

@@ -293,9 +293,9 @@ class SamplingConfig:
     oversample: float = 1.0
     max_rounds: int = 4
     informative: Informative = Informative.reward  # judged after rewards, RLR and OSI
-    # fewer: train on the informative groups found (zero-variance groups carry no policy gradient; padding
-    # with them only shrinks the step through the normalisers). pad: top up to B groups with zero-variance
-    # ones, so the normalisers count B groups as in a static step.
+    # fewer: train on the informative groups found (zero-variance groups carry no policy gradient, but for
+    # the KL in the reward's noise; padding with them only shrinks the step through the normalisers). pad:
+    # top up to B groups with zero-variance ones, so the normalisers count B groups as in a static step.
     when_short: ShortBatch = ShortBatch.fewer
 
 

@@ -5,6 +5,10 @@ sampler's whole state is (epoch, position) and a resumed run draws exactly the b
 run would have drawn. Simplification: the last incomplete batch of each epoch is dropped (every batch has
 the same size, as the group statistics and learning rate assume). Dynamic sampling's rounds draw batches of
 their own size from the same order.
+
+A batch's request reserves every round dynamic sampling may need; the rounds it did not use are put back
+(`put_back`) and drawn first by the next batches, so no prompt is skipped, as when rounds draw as they go
+(DAPO). Put-back prompts not drawn when an epoch ends are dropped: the new epoch's order holds them.
 """
 
 from collections.abc import Sequence
@@ -34,6 +38,10 @@ class PromptSampler:
         self.epoch = 0
         self.position = 0
         self._order = self._permutation(self.epoch)
+        self._returned: list[int] = []  # put back, drawn before the order goes on
+        self._index = {}  # example -> its index (the first, for repeated examples)
+        for index, example in enumerate(self.examples):
+            self._index.setdefault(example, index)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         # Seeded by (seed, epoch) alone, so no generator state needs saving.
@@ -46,19 +54,28 @@ class PromptSampler:
             raise ValueError(
                 f"size must be in [1, {len(self.examples)}] (the number of examples), got {size}"
             )
-        if self.position + size > len(self.examples):
+        returned = self._returned[:size]
+        if self.position + size - len(returned) > len(self.examples):
             self.epoch += 1
             self.position = 0
             self._order = self._permutation(self.epoch)
-        indices = self._order[self.position : self.position + size]
-        self.position += size
+            self._returned, returned = [], []
+        self._returned = self._returned[len(returned) :]
+        fresh = size - len(returned)
+        indices = [*returned, *self._order[self.position : self.position + fresh]]
+        self.position += fresh
         return [self.examples[index] for index in indices]
 
+    def put_back(self, examples: Sequence[PromptExample]) -> None:
+        """Examples drawn but not used, to be drawn again first, in order."""
+        self._returned += [self._index[example] for example in examples]
+
     def state_dict(self) -> dict[str, int]:
-        """Plain integers (JSON-safe); the dataset size and batch size are kept to check a resume."""
+        """Integers (JSON-safe); the dataset size and batch size are kept to check a resume."""
         return {
             "epoch": self.epoch,
             "position": self.position,
+            "returned": [int(index) for index in self._returned],
             "seed": self.seed,
             "num_examples": len(self.examples),
             "batch_size": self.batch_size,
@@ -73,4 +90,5 @@ class PromptSampler:
                 )
         self.epoch = state["epoch"]
         self.position = state["position"]
+        self._returned = list(state.get("returned", []))
         self._order = self._permutation(self.epoch)

@@ -16,9 +16,10 @@ judged after the levers, on the groups the update would see.
 
 When the rounds run out first, `when_short=fewer` (the default) trains on the informative groups found:
 zero-variance groups have A = 0 and carry no policy gradient, so adding them back would only shrink the
-step through the normalisers and cost forward passes. `pad` tops the batch up to B with the zero-variance
-groups sampled, in sampling order, so the normalisers count B groups as in a static step (the
-configuration to compare step sizes with static runs).
+step through the normalisers and cost forward passes (with the KL in the reward, reward.kl_coef, their
+advantages are the KL's noise instead, and padding trains on it). `pad` tops the batch up to B with the
+zero-variance groups sampled, in sampling order, so the normalisers count B groups as in a static step
+(the configuration to compare step sizes with static runs).
 
 With several ranks each keeps its own share of B (its quota), and all ranks run the same number of rounds:
 a round ends for all once every quota is full (one all-reduce per round), so the collectives of generation

@@ -20,7 +20,8 @@ with it (rollout=hf) or with a vLLM engine of its own that gets every new copy p
 scores (grading, OSI, rewards, RLR, the KL in the reward against its own copy of the frozen reference,
 and dynamic sampling's refill rounds, all with the batch's weights). The weights reach it through a
 shared-memory queue (torch.multiprocessing), not disk. Each request reserves its rounds of prompts when it
-is made (max_rounds under dynamic sampling); the rounds a batch does not need are skipped.
+is made (max_rounds under dynamic sampling); the rounds a batch does not use go back to the run's sampler
+when the trainer takes it (lrm_fast/data/sampler.py), so later requests draw them.
 
 Off-policy correction (decoupled PPO, as in AReaL; Hilton et al. 2022): with behaviour policy mu (the
 weights that sampled, whose log-probs the sampler returns), the proximal policy pi_prox (the weights at the
@@ -146,12 +147,11 @@ class AsyncRollouts:
         self.outstanding.append(request)
         self.requested = max(self.requested, request.index)
 
-    def take(self, index: int) -> Result:
-        """The result of batch `index`, waiting for it if needed."""
+    def take(self, index: int) -> tuple[Result, Request]:
+        """The result of batch `index` and its request, waiting for it if needed."""
         while index not in self.ready:
             self._receive(block=True)
-        self.sent.pop(index, None)
-        return self.ready.pop(index)
+        return self.ready.pop(index), self.sent.pop(index)
 
     def overlap(self, start: float, end: float) -> float:
         """Seconds of [start, end] (an update) during which the rollout side was sampling."""

@@ -88,13 +88,13 @@ class DivergenceGuard:
     """The lineage of the policy's versions, a snapshot before every unconfirmed update, the bad-step count,
     and the optimizer steps behind the current weights (asynchronous rollouts count staleness by them)."""
 
-    def __init__(self, model, optimizer, scheduler, max_bad_steps: int, optimizer_steps: int = 0):
+    def __init__(self, model, optimizer, scheduler, max_bad_steps: int):
         self.parts = (model, optimizer, scheduler)
         self.max_bad_steps = max_bad_steps
         self.updates: dict[int, _Update] = {}  # unconfirmed updates, by the step that applied them
         # version -> the step of the newest update inside its weights (absent: none this guard can undo)
         self.origin: dict[int, int] = {}
-        self.optimizer_steps = optimizer_steps  # behind the current weights, rollbacks undone
+        self.optimizer_steps = 0  # behind the current weights, rollbacks undone (a resume sets it)
         self._steps_before: dict[int, int] = {}  # optimizer_steps before each unconfirmed update
         self._pending: StateSnapshot | None = None
         self.bad_in_a_row = 0
@@ -119,11 +119,23 @@ class DivergenceGuard:
     def confirm(self, version: int) -> None:
         """A finite batch sampled with `version` confirms every update inside its weights."""
         newest = self.origin.get(version)
-        confirmed = [step for step in self.updates if newest is not None and step <= newest]
+        if newest is None:
+            return
+        confirmed = [step for step in self.updates if step <= newest]
         if any(self.updates[step].proves and step > self.last_bad_step for step in confirmed):
             self.bad_in_a_row = 0
         for step in confirmed:
             del self.updates[step], self._steps_before[step]
+        # Batches come in order, so no later one was sampled with weights older than these: the versions
+        # before the newest update inside them are never looked up again.
+        for old in [v for v in self.origin if v < newest]:
+            del self.origin[old]
+
+    def holds_newer_update(self, version: int, than: int) -> bool:
+        """Whether the weights of `version` hold an unconfirmed update that those of `than` lack: then a
+        non-finite loss of a batch sampled finitely with `than`, computed with `version`, points at it."""
+        newest = self.origin.get(version)
+        return newest in self.updates and newest != self.origin.get(than)
 
     def bad_step(self, step: int, lr: float, quantity: str, sampled_with: int | None) -> tuple[str, bool]:
         """Count a bad step of `step`; with `sampled_with` (the version whose weights gave the non-finite

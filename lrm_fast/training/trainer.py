@@ -18,8 +18,9 @@ trainer.max_staleness > 0 a separate process samples and scores later batches wh
 Simplifications: one optimizer step per rollout batch by default (on-policy, as in the study's baseline
 runs; its LUFFY run takes two); the learning-rate schedule counts rollout steps, as verl's does (one
 scheduler step per update_policy, fsdp_workers.py:463), whatever the optimizer steps per batch; responses of
-zero-variance groups are not forwarded when `regime.drop_zero_variance` (they have A = 0; only their KL
-and entropy terms are lost, and they still count in the normalisers and the micro-batch cut).
+zero-variance groups are not forwarded when `regime.drop_zero_variance` (they have A = 0, unless the reward
+holds the KL; only their KL and entropy terms are lost, and they still count in the normalisers and the
+micro-batch cut).
 """
 
 import json
@@ -99,15 +100,16 @@ class GRPOTrainer:
             self.pipeline = AsyncRollouts(cfg, self.model, self.tokenizer, self.bank, self.ref_model)
             if in_flight is not None:
                 self.pipeline.load_state_dict(in_flight)
-            else:  # a fresh run, or a synchronous checkpoint: the next batch is the next step's
-                self.pipeline.requested = self.step_count
+            # A fresh run, or a checkpoint with no batch in flight (a synchronous one): the next batch to
+            # request is the next step's.
+            self.pipeline.requested = max(self.pipeline.requested, self.step_count)
         self.logger = MetricsLogger(
             self.run_dir, cfg.trainer.steps, self.step_count, dist.is_main, cfg.trainer.progress_bar, trackers
         )
         if self.pipeline is not None:
             self.logger.write(
-                f"[async] rollout process {self.pipeline.process.pid}: batches sampled up to "
-                f"{cfg.trainer.max_staleness} policy versions ahead of the update"
+                f"[async] rollout process {self.pipeline.process.pid}: batches sampled with weights up to "
+                f"{cfg.trainer.max_staleness} optimizer steps older than their update's"
             )
 
     # ------------------------------------------------------------------------------------ loop
@@ -217,7 +219,7 @@ class GRPOTrainer:
         regime = self.regimes.regime(self.step_count)
         apply_regime(samples, regime, cfg.regime, self.regimes.rng(self.step_count))
         update_start = time.monotonic()
-        update, lr = self._guarded_update(samples)
+        update, lr = self._guarded_update(samples, version)
         timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
         if self.pipeline is not None:
             self._async["async/overlap_s"] = self.pipeline.overlap(update_start, time.monotonic())
@@ -234,12 +236,16 @@ class GRPOTrainer:
             "perf/tokens_per_s": tokens_per_s,
         }
 
-    def _guarded_update(self, samples):
-        """The policy update, with the state before it kept until a batch sampled from it confirms it
-        (lrm_fast/training/guard.py); a non-finite one is counted, and rolled back if its parameters are.
+    def _guarded_update(self, samples, version: int):
+        """The policy update on a batch sampled with `version`, with the state before it kept until a batch
+        sampled from it confirms it (lrm_fast/training/guard.py); a non-finite one is counted.
 
-        One snapshot before the first of the rollout batch's optimizer steps: a rollback undoes all of
-        them (every step of the update ran on data the rolled-back policy sampled)."""
+        What a non-finite update rolls back: non-finite parameters, this update. A non-finite loss or
+        gradient norm on weights newer than the batch's (asynchronous rollouts: the batch's own weights
+        sampled it finitely), the newest update since, found here rather than lag steps later by the first
+        batch those weights sample; on the batch's own weights it points at the batch, and nothing is rolled
+        back. One snapshot before the first of the rollout batch's optimizer steps: a rollback undoes all of
+        them."""
         self.guard.before_update()
         update, lr = self._update(self._micro_batches(samples))
         # The step that met a non-finite loss or gradient norm was not taken; non-finite parameters were.
@@ -247,7 +253,8 @@ class GRPOTrainer:
         self.guard.after_update(self.step_count, taken, proves=update.grad_norm > 0)
         if update.skipped:
             bad_weights = update.nonfinite == "updated parameters"
-            self._roll_back(update.nonfinite, sampled_with=self.step_count if bad_weights else None)
+            newer = self.guard.holds_newer_update(self.step_count, version)
+            self._roll_back(update.nonfinite, sampled_with=self.step_count if bad_weights or newer else None)
         return update, lr
 
     def _roll_back(self, quantity: str, sampled_with: int | None) -> float:
@@ -255,17 +262,25 @@ class GRPOTrainer:
         one to undo) and bring every sampler to the weights kept: the engine, and the batches in flight,
         sampled again. Returns the learning rate."""
         lr = self.scheduler.get_last_lr()[0]
-        line, rolled = self.guard.bad_step(self.step_count, lr, quantity, sampled_with)
+        try:
+            line, rolled = self.guard.bad_step(self.step_count, lr, quantity, sampled_with)
+        except Diverged:  # rolled back before it stopped: the checkpoint must hold batches of those weights
+            self._resample()
+            raise
         self.logger.write(line)
         if rolled:
-            self.backend.sync_weights(self.model)
-            if self.pipeline is not None:
-                self.pipeline.resubmit(self.model, self.step_count, self.guard.optimizer_steps)
+            self._resample()
         return lr
+
+    def _resample(self) -> None:
+        """The engine, and the batches in flight (sampled again), on the weights the guard kept."""
+        self.backend.sync_weights(self.model)
+        if self.pipeline is not None:
+            self.pipeline.resubmit(self.model, self.step_count, self.guard.optimizer_steps)
 
     def _request(self, index: int, version: int) -> Request:
         """Batch `index`, to be sampled with version `version`: its prompts (every round a dynamic step
-        may need, reserved now) and its seed."""
+        may need, reserved now; those it does not use are put back) and its seed."""
         cfg = self.cfg
         rounds = cfg.sampling.max_rounds if cfg.sampling.name == Sampling.dynamic else 1
         prompts = [self.sampler.next_batch(round_prompts(cfg)) for _ in range(rounds)]
@@ -282,7 +297,9 @@ class GRPOTrainer:
             return all_reduce(short, op=torch.distributed.ReduceOp.MAX).item() == 0
 
         request = self._request(n, n - 1)
-        return sample_request(request, self._rollouts, self._score, self.cfg, rank, world, all_full), n - 1
+        selection = sample_request(request, self._rollouts, self._score, self.cfg, rank, world, all_full)
+        self._put_back_unused(request, selection)
+        return selection, n - 1
 
     def _select_async(self) -> tuple[Selection | None, int]:
         """Batch n from the rollout process, after requesting batch n + lag with the current weights
@@ -291,7 +308,8 @@ class GRPOTrainer:
         while pipeline.requested < n + pipeline.lag:
             pipeline.request(self._request(pipeline.requested + 1, n - 1), self.model)
         tick = time.perf_counter()
-        result = pipeline.take(n)
+        result, request = pipeline.take(n)
+        self._put_back_unused(request, result.selection)
         staleness = self.guard.optimizer_steps - result.steps  # optimizer steps since its weights
         if staleness > cfg.trainer.max_staleness:  # the schedule guarantees it; a broken one must not train
             raise RuntimeError(
@@ -301,6 +319,11 @@ class GRPOTrainer:
         self._async["async/staleness"] = float(staleness)
         self._async["async/sampling_s"] = result.end - result.start
         return result.selection, result.version
+
+    def _put_back_unused(self, request: Request, selection: Selection | None) -> None:
+        """The rounds of prompts a request reserved and its batch did not sample go back to the sampler."""
+        if selection is not None:
+            self.sampler.put_back([e for prompts in request.rounds[selection.rounds :] for e in prompts])
 
     def _rollouts(self, examples, params: SamplingParams):
         """G sampled responses to each of this rank's prompts; None when any rank met non-finite logits
@@ -373,7 +396,7 @@ class GRPOTrainer:
         with self._autocast(), threads(self._update_threads()):
             update = policy_updates(
                 self.model,
-                self.ref_model,
+                self.ref_model if cfg.loss.kl_coef > 0 else None,  # the reward's KL needs none here
                 self.optimizer,
                 mini_batches,
                 cfg.loss,

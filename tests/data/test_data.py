@@ -265,6 +265,35 @@ def test_sampler_resumes_exactly(stop_after):
     assert [ids(resumed.next_batch()) for _ in range(6)] == expected
 
 
+def test_put_back_prompts_come_first_and_nothing_is_skipped():
+    """A request reserves rounds it may not use; put back, they are drawn before the order goes on, so an
+    epoch still visits every example once (but the tail)."""
+    examples = make_examples(12)
+    lazy, reserving = PromptSampler(examples, 2, seed=1), PromptSampler(examples, 2, seed=1)
+    reference = [i for _ in range(6) for i in ids(lazy.next_batch())]
+    drawn = []
+    for _ in range(3):
+        first, spare = reserving.next_batch(), reserving.next_batch()  # two rounds reserved, one used
+        reserving.put_back(spare)
+        drawn += ids(first)
+    drawn += [i for _ in range(3) for i in ids(reserving.next_batch())]
+    assert drawn == reference
+    # Put back, then checkpointed: the resumed sampler draws them first too.
+    reserving.put_back(reserving.next_batch())
+    saved = json.loads(json.dumps(reserving.state_dict()))
+    resumed = PromptSampler(examples, 2, seed=1)
+    resumed.load_state_dict(saved)
+    assert ids(resumed.next_batch()) == ids(reserving.next_batch())
+
+
+def test_put_back_prompts_left_at_the_end_of_an_epoch_are_dropped():
+    sampler = PromptSampler(make_examples(6), 2, seed=0)
+    batches = [sampler.next_batch() for _ in range(3)]  # the whole epoch
+    sampler.put_back(batches[-1][:1])  # one left to draw, too few for a batch with the order's end
+    assert sampler.next_batch() == [sampler.examples[i] for i in sampler._permutation(1)[:2]]
+    assert sampler.epoch == 1 and sampler.position == 2  # the new epoch's order holds it
+
+
 def test_sampler_refuses_a_mismatched_resume():
     saved = PromptSampler(make_examples(10), batch_size=3, seed=5).state_dict()
     with pytest.raises(ValueError, match="num_examples=10, this one num_examples=11"):

@@ -298,7 +298,7 @@ def test_async_rollouts_push_weights_into_a_separate_engine(tmp_path):
     try:
         examples = arithmetic_examples(4, "train", 0, cfg.data.difficulty)
         pipeline.request(Request(1, 0, [examples], seed=1), model)
-        samples = pipeline.take(1).selection.samples
+        samples = pipeline.take(1)[0].selection.samples
     finally:
         pipeline.close()
     assert not pipeline.process.is_alive()

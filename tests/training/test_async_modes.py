@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow  # several in-process runs each
 
 def _lag_zero_pipeline(trainer: GRPOTrainer) -> None:
     """The rollout process at trainer.max_staleness = 0: batch n requested at step n, with W_{n-1}."""
-    trainer.pipeline = AsyncRollouts(trainer.cfg, trainer.model, trainer.tokenizer, trainer.bank)
+    trainer.pipeline = AsyncRollouts(
+        trainer.cfg, trainer.model, trainer.tokenizer, trainer.bank, trainer.ref_model
+    )
     trainer.pipeline.requested = trainer.step_count
 
 
@@ -27,17 +29,18 @@ def _without(rows: list[dict], keys) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in keys} for row in rows]
 
 
-@pytest.mark.parametrize("sampling", ["static", "dynamic"])
-def test_the_pipeline_at_lag_zero_is_the_synchronous_loop(sampling, cold_start_cache, tmp_path):
-    cfg = quick_config(
-        cold_start_cache,
-        {
-            "rollout.tis_cap": math.inf,
-            "sampling.name": sampling,
-            "sampling.max_rounds": 2,
-            "trainer.steps": 3,
-        },
-    )
+VARIANTS = {
+    "static": {},
+    # Rounds reserved and not used go back to the sampler at different moments in the two modes.
+    "dynamic": {"sampling.name": "dynamic", "sampling.max_rounds": 3},
+    # The reward's KL: the trainer's reference against the rollout process's copy.
+    "kl_in_reward_osi": {"reward.kl_coef": 0.05, "injection.name": "osi"},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+def test_the_pipeline_at_lag_zero_is_the_synchronous_loop(variant, cold_start_cache, tmp_path):
+    cfg = quick_config(cold_start_cache, {"rollout.tis_cap": math.inf, "trainer.steps": 3, **variant})
     synchronous = train(cfg, tmp_path / "sync")
     pipelined = train(cfg, tmp_path / "pipelined", setup=_lag_zero_pipeline)
     assert all(row["async/staleness"] == 0.0 for row in pipelined.rows if "async/staleness" in row)

@@ -49,10 +49,10 @@ def test_pushed_weights_reach_the_rollout_process():
     pipeline = AsyncRollouts(cfg, model, tokenizer, None)
     try:
         pipeline.request(Request(1, 0, [examples], seed=1), model)
-        before = pipeline.take(1).selection.samples
+        before = pipeline.take(1)[0].selection.samples
         perturb(model)  # a new policy: the next request must carry it
         pipeline.request(Request(2, 1, [examples], seed=1), model)
-        after = pipeline.take(2).selection.samples
+        after = pipeline.take(2)[0].selection.samples
     finally:
         pipeline.close()
     assert not pipeline.process.is_alive()
@@ -74,7 +74,7 @@ def test_a_rollback_samples_the_batches_in_flight_again_with_the_restored_weight
             pipeline.request(Request(index, 3, [examples], seed=index), model)
         model.load_state_dict(restored)
         pipeline.resubmit(model, version=2, steps=0)
-        results = [pipeline.take(1), pipeline.take(2)]
+        results = [pipeline.take(1)[0], pipeline.take(2)[0]]
     finally:
         pipeline.close()
     assert [(r.index, r.version) for r in results] == [(1, 2), (2, 2)]

@@ -1,6 +1,6 @@
 """Features where they meet: every pair of choices over the trainer's features, in a pairwise covering array
-(tests/pairwise.py), each case two steps of the tiny model checked by invariants that a wrong combination
-cannot pass:
+(tests/pairwise.py), each case a few steps of the tiny model (the last one training a batch sampled after a
+weight push), checked by invariants that a wrong combination cannot pass:
 
 - every logged value is finite, and no step is skipped;
 - each step logs exactly the keys step_metric_keys lists for its settings;
@@ -61,6 +61,9 @@ def overrides(case: dict) -> dict:
         "trainer.mini_batches": mini_batches,
         "trainer.epochs": epochs,
         "trainer.max_staleness": case["lag"] * mini_batches * epochs,
+        # Batch n is sampled with the weights after step n - 1 - lag: the last step trains a batch sampled
+        # after a weight push (and scored with them: the KL in the reward, OSI, RLR on the rollout side).
+        "trainer.steps": 2 + case["lag"],
         "reward.truncated": case["truncated"],
     }
     reward = case["reward"]
@@ -102,7 +105,7 @@ def test_combination(case, cold_start_cache, tmp_path):
     asynchronous = case["lag"] > 0
     always, measured = step_metric_keys(cfg, asynchronous)
     steps = [row for row in run.rows if "optim/skipped" in row]
-    assert [row["step"] for row in steps] == [1, 2]
+    assert [row["step"] for row in steps] == list(range(1, cfg.trainer.steps + 1))
     for row in run.rows:
         assert all(math.isfinite(v) for k, v in row.items() if k != "step"), row
     for row in steps:
