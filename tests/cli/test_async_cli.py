@@ -28,10 +28,10 @@ KILL_IN_AN_UPDATE = textwrap.dedent(
 
     update = GRPOTrainer._guarded_update
 
-    def update_then_die(self, samples):
+    def update_then_die(self, samples, version):
         if self.step_count == 3:
             os.kill(os.getpid(), signal.SIGKILL)
-        return update(self, samples)
+        return update(self, samples, version)
 
     if __name__ == "__main__":  # the rollout process (spawned) imports this module too
         GRPOTrainer._guarded_update = update_then_die

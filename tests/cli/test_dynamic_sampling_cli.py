@@ -23,15 +23,15 @@ KILL_IN_A_REFILL = textwrap.dedent(
     from lrm_fast.cli.train import main
     from lrm_fast.training.trainer import GRPOTrainer
 
-    draw, rounds = GRPOTrainer._draw, {}
+    rollouts, rounds = GRPOTrainer._rollouts, {}
 
-    def draw_then_die(self, num_prompts):
+    def rollouts_then_die(self, examples, params):
         rounds[self.step_count] = rounds.get(self.step_count, 0) + 1
         if self.step_count == 3 and rounds[3] == 2:
             os.kill(os.getpid(), signal.SIGKILL)
-        return draw(self, num_prompts)
+        return rollouts(self, examples, params)
 
-    GRPOTrainer._draw = draw_then_die
+    GRPOTrainer._rollouts = rollouts_then_die
     main()
     """
 )
