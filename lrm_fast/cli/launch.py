@@ -8,6 +8,7 @@ fails here as one line naming the key or the file, not as a traceback, and leave
 directory behind; what fails later (a bug, a diverged run) keeps its traceback.
 """
 
+import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrm_fast.cli.configs import typed, write_hydra_record
 from lrm_fast.cli.resume import record_resume, resumed_config
 from lrm_fast.cli.run_names import tracked_run
-from lrm_fast.config import TrainConfig, check_inputs, validate
+from lrm_fast.config import AUTO_RESUME, TrainConfig, check_inputs, validate
 from lrm_fast.runtime import DistInfo, broadcast_from_main, configure_runtime
 from lrm_fast.runtime.lock import LOCK_NAME, DirectoryInUse, directory_lock
 from lrm_fast.training.assembly import RunData, load_run_data
@@ -68,8 +69,19 @@ def launched_run(program: str, dict_cfg: DictConfig, hydra_dir: Path) -> Iterato
             _remove_if_empty(hydra_dir)  # the resumed run writes into its own directory
 
 
+def finished_run(dict_cfg: DictConfig, hydra_dir: Path) -> dict | None:
+    """The summary of the finished run that `trainer.resume=auto` keeps in this launch's directory, if any."""
+    summary = hydra_dir / "summary.json"
+    if dict_cfg.trainer.resume != AUTO_RESUME or not summary.is_file():
+        return None
+    return json.loads(summary.read_text())
+
+
 def _prepare(dict_cfg: DictConfig, hydra_dir: Path, holds: ExitStack) -> Launch:
     resume = dict_cfg.trainer.resume
+    if resume == AUTO_RESUME:  # this launch's own directory: continued if a run started there
+        resume = str(hydra_dir) if (hydra_dir / "config.yaml").is_file() else None
+        OmegaConf.update(dict_cfg, "trainer.resume", resume)
     run_dir, changes = hydra_dir, None
     if resume:
         run_dir = Path(resume).expanduser()

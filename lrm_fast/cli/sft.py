@@ -1,6 +1,6 @@
 """`lrm-fast-sft`: train (or find in the cache) the tiny model's SFT cold start and print where it is.
 
-Takes the same config as `lrm-fast-train` (model.tiny, cold_start, data.difficulty); the main job
+Takes the same config as `lrm-fast-train` (model.tiny, cold_start, the built-in task of data); the main job
 reuses the cached result, so running this first only moves the SFT time out of the first training run.
 """
 

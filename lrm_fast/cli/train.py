@@ -2,7 +2,8 @@
 
 Parse, check, build, train, close. Outputs go to Hydra's run directory (outputs/DATE/TIME by default, one
 subdirectory per job of a multirun), which the run locks while it lives; `trainer.resume=RUN_DIR`
-continues a stopped run in place with its own configuration (lrm_fast/cli/resume.py).
+continues a stopped run in place with its own configuration (lrm_fast/cli/resume.py), and
+`trainer.resume=auto` does so in the launch's own directory, keeping a finished run there as it is.
 """
 
 import json
@@ -14,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lrm_fast.cli.configs import register_configs
-from lrm_fast.cli.launch import launched_run
+from lrm_fast.cli.launch import finished_run, launched_run
 from lrm_fast.runtime import close_distributed
 
 register_configs()
@@ -22,7 +23,13 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="pkg://lrm_fast.conf", config_name="config")
 def main(dict_cfg: DictConfig) -> dict:
-    with launched_run("lrm-fast-train", dict_cfg, Path(HydraConfig.get().runtime.output_dir)) as launch:
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = finished_run(dict_cfg, hydra_dir)
+    if summary is not None:  # trainer.resume=auto keeps a finished run as it is
+        kept = f"lrm-fast-train: {hydra_dir} holds a finished run; kept (trainer.resume=auto)"
+        print(kept, file=sys.stderr)
+        return summary
+    with launched_run("lrm-fast-train", dict_cfg, hydra_dir) as launch:
         cfg, run_dir, dist = launch.cfg, launch.run_dir, launch.dist
         from lrm_fast.training.guard import Diverged
         from lrm_fast.training.trainer import GRPOTrainer  # heavy imports once the run is claimed

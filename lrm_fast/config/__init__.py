@@ -12,11 +12,13 @@ from lrm_fast.config.evaluate import (
     protocol_of,
 )
 from lrm_fast.config.train import (
+    AUTO_RESUME,
     ColdStartConfig,
     DataConfig,
     DifficultyConfig,
     EvalConfig,
     InjectionConfig,
+    LongDifficultyConfig,
     LossConfig,
     ModelConfig,
     RegimeConfig,
@@ -30,6 +32,7 @@ from lrm_fast.config.train import (
 from lrm_fast.config.validation import (
     check_difficulty,
     check_inputs,
+    check_long_difficulty,
     check_model_path,
     validate,
     validate_eval,
@@ -37,6 +40,7 @@ from lrm_fast.config.validation import (
 )
 
 __all__ = [
+    "AUTO_RESUME",
     "BenchmarkConfig",
     "ColdStartConfig",
     "DataConfig",
@@ -46,6 +50,7 @@ __all__ = [
     "EvalModelConfig",
     "EvalProtocol",
     "InjectionConfig",
+    "LongDifficultyConfig",
     "LossConfig",
     "ModelConfig",
     "RegimeConfig",
@@ -57,6 +62,7 @@ __all__ = [
     "TrainerConfig",
     "check_difficulty",
     "check_inputs",
+    "check_long_difficulty",
     "check_model_path",
     "protocol_of",
     "validate",

@@ -29,6 +29,7 @@ class AttnImplementation(Choice):
 
 class DataSource(Choice):
     arithmetic = "arithmetic"  # the built-in task
+    long_arithmetic = "long_arithmetic"  # the built-in long reasoning task (responses of 90-1,550 tokens)
     file = "file"  # local jsonl / parquet files
 
 

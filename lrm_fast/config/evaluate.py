@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from lrm_fast.config.choices import AttnImplementation, CheckpointDtype, Device, RolloutEngine
 
 MISSING = "???"  # OmegaConf's marker of a value the user must give (omegaconf.MISSING)
-BUILTIN_BENCHMARKS = ("builtin:arithmetic",)
+BUILTIN_BENCHMARKS = ("builtin:arithmetic", "builtin:long_arithmetic")
 
 
 @dataclass
@@ -73,12 +73,13 @@ class EvalModelConfig:
 
 @dataclass
 class BenchmarkConfig:
-    """One benchmark: a dataset (lrm_fast/config/datasets.py), or `builtin:arithmetic` (the built-in
-    task's held-out split, exactly the problems the trainer evaluates on)."""
+    """One benchmark: a dataset (lrm_fast/config/datasets.py), or `builtin:arithmetic` /
+    `builtin:long_arithmetic` (a built-in task's held-out split, exactly the problems the trainer
+    evaluates on at that task's default settings)."""
 
     name: str = MISSING  # its key in results.json and its label in the table and plots
     # catalogue:NAME (conf/catalogue.yaml), a local .json/.jsonl/.parquet file or dataset folder, an
-    # http(s) URL of such a file, a Hugging Face Hub dataset id, or builtin:arithmetic
+    # http(s) URL of such a file, a Hugging Face Hub dataset id, or builtin:arithmetic / long_arithmetic
     path: str = MISSING
     split: str | None = None  # null: a catalogue entry's own, else "train" (a single file's only split)
     subset: str | None = None  # the hub dataset's configuration (load_dataset's `name`)

@@ -32,6 +32,8 @@ from lrm_fast.config.choices import (
 from lrm_fast.config.evaluate import EvalProtocol
 from lrm_fast.kernels import Backend
 
+AUTO_RESUME = "auto"  # trainer.resume's value for a launch's own directory (TrainerConfig.resume)
+
 
 @dataclass
 class TinyModelConfig:
@@ -72,6 +74,10 @@ class ColdStartConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     max_grad_norm: float = 1.0  # gradient-norm clip
     num_problems: int = 20_000  # distinct training problems the SFT batches come from
+    # Train only on the teacher's responses of at most this many tokens (null: all): a distilled model is
+    # trained at a shorter context than RL then samples at, and short examples make SFT steps cheap. The
+    # long task's preset sets it (conf/model/tiny_long.yaml).
+    max_response_tokens: int | None = None
     seed: int = 0  # model initialisation, problems, the teacher's solutions and the batch order
     # The teacher stands in for the study's R1-distilled start (lrm_fast/data/arithmetic.py): it slips (a
     # share of its solutions has one wrong step carried to a wrong answer, so the cold start makes errors
@@ -100,13 +106,30 @@ class DifficultyConfig:
 
 
 @dataclass
+class LongDifficultyConfig:
+    """Built-in long reasoning task (lrm_fast/data/long_arithmetic.py): a one-digit term added to a start
+    value many times, ``c+b*a``, one step a line, so the response grows with the multiplier a."""
+
+    # The multiplier a, drawn log-uniformly: the number of steps, so the response length's main knob.
+    # 6-100 gives reference responses of about 100-1,500 tokens (the module docstring has the figures).
+    min_multiplier: int = 6  # at least 1
+    max_multiplier: int = 100
+    # Digits of the start value c, drawn first, then the value (1 digit includes 0).
+    min_digits: int = 1
+    max_digits: int = 2  # at most 6
+    held_out_fraction: float = 0.1  # share of all problem texts (by hash) in the held-out split
+
+
+@dataclass
 class DataConfig:
-    """Prompts: the built-in task (name=arithmetic) or datasets (name=file; lrm_fast/config/datasets.py)."""
+    """Prompts: a built-in task (name=arithmetic or long_arithmetic) or datasets (name=file;
+    lrm_fast/config/datasets.py)."""
 
     name: DataSource = DataSource.arithmetic
-    seed: int = 0  # generator seed of the built-in task (splits are disjoint by construction)
+    seed: int = 0  # generator seed of the built-in tasks (splits are disjoint by construction)
     train_problems: int = 20_000  # size of the built-in task's GRPO prompt pool
-    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)  # name=arithmetic
+    long_difficulty: LongDifficultyConfig = field(default_factory=LongDifficultyConfig)  # long_arithmetic
     # A dataset: catalogue:NAME (conf/catalogue.yaml, the study's data), a local .json/.jsonl/.parquet
     # file or dataset folder, an http(s) URL of such a file, or a Hugging Face Hub dataset id.
     train_path: str | None = None
@@ -341,7 +364,11 @@ class TrainerConfig:
     max_bad_steps: int = 3
     checkpoint_every: int = 50  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2
-    resume: str | None = None  # run directory of a killed run to continue
+    # The run directory of a killed run to continue, or `auto`: this launch's own directory (hydra.run.dir,
+    # or the job's folder under a fixed hydra.sweep.dir) is kept as it is when it holds a finished run,
+    # continued when it holds a started one, and used for a new run otherwise: a sweep started again
+    # with the same sweep directory skips its finished runs and continues the killed one.
+    resume: str | None = None
     mixed_precision: MixedPrecision = MixedPrecision.auto
     # Stop after the step whose cumulative generated response tokens reach this many (null: `steps` only):
     # compares configurations at an equal rollout-token budget. The schedule still counts `steps`.

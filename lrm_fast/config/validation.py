@@ -17,7 +17,7 @@ from lrm_fast.config.choices import (
 )
 from lrm_fast.config.datasets import check_source
 from lrm_fast.config.evaluate import BUILTIN_BENCHMARKS, BenchmarkConfig, EvalAppConfig, EvalProtocol
-from lrm_fast.config.train import DifficultyConfig, TrainConfig
+from lrm_fast.config.train import AUTO_RESUME, DifficultyConfig, LongDifficultyConfig, TrainConfig
 
 
 def _check(ok: bool, key: str, requirement: str, value) -> None:
@@ -49,6 +49,7 @@ def validate(cfg: TrainConfig) -> None:
     _at_least("eval.every", cfg.eval.every, 0)
     _validate_cold_start(cfg)
     check_difficulty(cfg.data.difficulty, "data.difficulty.")
+    check_long_difficulty(cfg.data.long_difficulty, "data.long_difficulty.")
 
 
 def _validate_inputs(cfg: TrainConfig) -> None:
@@ -69,7 +70,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         check_source("data.heldout_path", cfg.data.heldout_path)
     if cfg.injection.name == Injection.osi:
         check_source("injection.bank_path", cfg.injection.bank_path)
-    if cfg.trainer.resume and not Path(cfg.trainer.resume).expanduser().is_dir():
+    if cfg.trainer.resume not in (None, AUTO_RESUME) and not Path(cfg.trainer.resume).expanduser().is_dir():
         raise FileNotFoundError(f"trainer.resume: no such run directory: {cfg.trainer.resume}")
     if cfg.model.name == ModelSource.pretrained:
         check_model_path("model.path", cfg.model.path)
@@ -230,24 +231,26 @@ def _validate_cold_start(cfg: TrainConfig) -> None:
 def check_difficulty(difficulty: DifficultyConfig, prefix: str = "") -> None:
     """The built-in task's generator settings (also checked by the generator itself)."""
     d = difficulty
-    operands = (d.min_operands, d.max_operands)
-    _check(
-        2 <= d.min_operands <= d.max_operands,
-        f"{prefix}min_operands/max_operands",
-        "2 <= min <= max",
-        operands,
-    )
-    digits = (d.min_digits, d.max_digits)
-    _check(
-        1 <= d.min_digits <= d.max_digits <= 6,
-        f"{prefix}min_digits/max_digits",
-        "1 <= min <= max <= 6",
-        digits,
-    )
+    _min_max(f"{prefix}min_operands/max_operands", d.min_operands, d.max_operands, 2)
+    _min_max(f"{prefix}min_digits/max_digits", d.min_digits, d.max_digits, 1, 6)
     valid_operators = bool(d.operators) and not set(d.operators) - set("+-*")
     _check(valid_operators, f"{prefix}operators", "a non-empty subset of '+-*'", d.operators)
     _probability(f"{prefix}parentheses_prob", d.parentheses_prob)
     _check(0 < d.held_out_fraction < 1, f"{prefix}held_out_fraction", "in (0, 1)", d.held_out_fraction)
+
+
+def check_long_difficulty(difficulty: LongDifficultyConfig, prefix: str = "") -> None:
+    """The built-in long task's generator settings (also checked by the generator itself)."""
+    d = difficulty
+    _min_max(f"{prefix}min_multiplier/max_multiplier", d.min_multiplier, d.max_multiplier, 1)
+    _min_max(f"{prefix}min_digits/max_digits", d.min_digits, d.max_digits, 1, 6)
+    _check(0 < d.held_out_fraction < 1, f"{prefix}held_out_fraction", "in (0, 1)", d.held_out_fraction)
+
+
+def _min_max(key: str, low: int, high: int, floor: int, ceiling: int | None = None) -> None:
+    """A (min, max) pair of settings: floor <= min <= max (<= ceiling)."""
+    ok = floor <= low <= high and (ceiling is None or high <= ceiling)
+    _check(ok, key, f"{floor} <= min <= max" + ("" if ceiling is None else f" <= {ceiling}"), (low, high))
 
 
 def validate_protocol(protocol: EvalProtocol, prefix: str = "") -> None:

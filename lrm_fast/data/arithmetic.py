@@ -41,7 +41,7 @@ chance to slip).
 import hashlib
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from lrm_fast.config import DifficultyConfig, check_difficulty
@@ -78,21 +78,32 @@ def generate_problems(n: int, *, split: str, seed: int, settings: DifficultyConf
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     check_difficulty(settings)
     rng = random.Random(seed)
-    problems: dict[str, Problem] = {}
+    texts = distinct_texts(
+        n, split, settings.held_out_fraction, lambda: render(_sample_tokens(rng, settings)), settings
+    )
+    return [make_problem(text) for text in texts]
+
+
+def distinct_texts(
+    n: int, split: str, held_out_fraction: float, draw: Callable[[], str], settings: object
+) -> list[str]:
+    """`n` distinct texts of `split`, in the order `draw` first gives them (`settings` only names the
+    settings in the error of a request they cannot meet)."""
+    texts: dict[str, None] = {}
     # Rejection sampling: about 1 in (1 / held_out_fraction) draws lands in the held-out split,
     # and narrow settings repeat texts; the bound turns an impossible request into an error.
     max_draws, draws = 200 * n + 10_000, 0
-    while len(problems) < n:
+    while len(texts) < n:
         if draws == max_draws:
             raise ValueError(
-                f"found only {len(problems)} distinct {split} problems in {max_draws} draws, asked for {n}: "
+                f"found only {len(texts)} distinct {split} problems in {max_draws} draws, asked for {n}: "
                 f"widen the settings ({settings})"
             )
         draws += 1
-        text = render(_sample_tokens(rng, settings))
-        if text not in problems and split_of(text, settings.held_out_fraction) == split:
-            problems[text] = make_problem(text)
-    return list(problems.values())
+        text = draw()
+        if text not in texts and split_of(text, held_out_fraction) == split:
+            texts[text] = None
+    return list(texts)
 
 
 def make_problem(text: str) -> Problem:
@@ -138,7 +149,7 @@ def teacher_solution(
         a, operator, b = tokens[i - 1], tokens[i], tokens[i + 1]
         value = _value(a, operator, b)
         if step == slip_step:
-            value = _slip(value, rng)
+            value = slip(value, rng)
         tokens = _reduce(tokens, i, value)
         steps.append(f"{a}{operator}{b}={value}")
         if step != slip_step and rng.random() < check_prob:
@@ -151,7 +162,7 @@ def teacher_solution(
     )
 
 
-def _slip(value: int, rng: random.Random) -> int:
+def slip(value: int, rng: random.Random) -> int:
     """`value` with one digit changed (never a leading zero)."""
     digits = str(abs(value))
     i = rng.randrange(len(digits))

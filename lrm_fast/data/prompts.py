@@ -1,7 +1,7 @@
 """Prompts: the study's template around a problem, sent as one user turn through the chat template.
 
 The prompt of real data is DeepScaleR's template, ``{problem} Let's think step by step and output the
-final answer within \\boxed{}.``; the built-in task's character vocabulary holds only the expression, so
+final answer within \\boxed{}.``; the built-in tasks' character vocabulary holds only the expression, so
 its prompt is the bare problem. Simplification: a tokenizer without a chat template gets the templated
 text as is.
 """
@@ -39,5 +39,5 @@ def encode_prompts(
 
 
 def prompt_template(data: DataConfig) -> str:
-    """The template of a run's prompts: the bare problem for the built-in task, the study's for files."""
-    return "{problem}" if data.name == DataSource.arithmetic else "{problem}" + data.prompt_suffix
+    """The template of a run's prompts: the bare problem for the built-in tasks, the study's for files."""
+    return "{problem}" + data.prompt_suffix if data.name == DataSource.file else "{problem}"

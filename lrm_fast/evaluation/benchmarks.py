@@ -12,8 +12,9 @@ in which the grader accepts a boxed letter and also a boxed copy of the option's
 multiple-choice files list the options in the problem text and answer with the letter; their catalogue
 entries carry the study's letter instruction as template.)
 
-`builtin:arithmetic` is the held-out split of the built-in task at the trainer's default settings
-(lrm_fast.data.sources), so a trained checkpoint is scored on the problems its run evaluated.
+`builtin:arithmetic` and `builtin:long_arithmetic` are the held-out splits of the built-in tasks at the
+trainer's default settings (lrm_fast.data.sources), so a trained checkpoint is scored on the problems its
+run evaluated.
 
 Simplifications: at most five options (A-E, the grader's letters); the built-in benchmark follows the
 default task settings, not those of the run that trained the checkpoint.
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from lrm_fast.config import BenchmarkConfig, DataConfig
+from lrm_fast.config.choices import DataSource
 from lrm_fast.config.datasets import Columns, DatasetSource, resolve_source
+from lrm_fast.config.evaluate import BUILTIN_BENCHMARKS
 from lrm_fast.data.examples import PromptExample, RowError, as_source, field_value, read_examples, to_example
 from lrm_fast.data.prompts import DEEPSCALER_TEMPLATE, prompt_template
 from lrm_fast.data.sources import load_examples
@@ -49,9 +52,10 @@ class Benchmark:
 
 def load_benchmark(spec: BenchmarkConfig) -> Benchmark:
     """The problems of one configured benchmark (the first `spec.problems` when set)."""
-    if spec.path == "builtin:arithmetic":
-        examples = builtin_arithmetic(spec.problems or BUILTIN_PROBLEMS)
-        return Benchmark(spec.name, examples, spec.template or prompt_template(DataConfig()))
+    if spec.path in BUILTIN_BENCHMARKS:
+        data = DataConfig(name=DataSource(spec.path.removeprefix("builtin:")), train_problems=0)
+        _, examples = load_examples(data, num_heldout=spec.problems or BUILTIN_PROBLEMS)
+        return Benchmark(spec.name, examples, spec.template or prompt_template(data))
     source = benchmark_source(spec)
     examples, multiple_choice = load_benchmark_file(source)
     template = MULTIPLE_CHOICE_TEMPLATE if multiple_choice else DEEPSCALER_TEMPLATE
@@ -69,12 +73,6 @@ def benchmark_source(spec: BenchmarkConfig) -> DatasetSource:
     return resolve_source(
         spec.path, subset=spec.subset, split=spec.split, revision=spec.revision, columns=columns
     )
-
-
-def builtin_arithmetic(num_problems: int) -> list[PromptExample]:
-    """The first `num_problems` held-out problems of the built-in task (no training problems drawn)."""
-    _, heldout = load_examples(DataConfig(train_problems=0), num_heldout=num_problems)
-    return heldout
 
 
 def load_benchmark_file(

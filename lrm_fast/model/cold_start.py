@@ -1,11 +1,12 @@
-"""SFT cold start of the embedded default: supervised fine-tuning on the task's reference solutions.
+"""SFT cold start of the embedded default: supervised fine-tuning on a built-in task's teacher solutions.
 
 The study starts GRPO from an R1-distilled model; the embedded default stands in for it with a short
-SFT run of the tiny model on reference solutions. Each example is the chat-formatted prompt followed
-by the solution and the end-of-sequence token; the loss is the mean cross-entropy over the response
-tokens of the batch (prompt and padding carry no loss). Batches are padded on the right with an
-attention mask, and drawn from length-sorted windows so that they pad little. AdamW, linear warmup,
-then a constant or cosine learning rate.
+SFT run of the tiny model on a teacher's solutions of the built-in task the run trains on: arithmetic,
+or long_arithmetic (the type of the task settings passed in says which). Each example is the
+chat-formatted prompt followed by the solution and the end-of-sequence token; the loss is the mean
+cross-entropy over the response tokens of the batch (prompt and padding carry no loss). Batches are
+padded on the right with an attention mask, and drawn from length-sorted windows so that they pad
+little. AdamW, linear warmup, then a constant or cosine learning rate.
 
 `cached_cold_start` builds tokenizer + model, trains, and saves both under a directory named by a
 hash of every setting, so a second run with the same settings loads instead of training. The save
@@ -29,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lrm_fast.config import ColdStartConfig, DifficultyConfig, TinyModelConfig
-from lrm_fast.data.arithmetic import Problem, generate_problems, teacher_solution
+from lrm_fast.config import ColdStartConfig, LongDifficultyConfig, TinyModelConfig
+from lrm_fast.config.choices import DataSource
+from lrm_fast.data.arithmetic import Problem
+from lrm_fast.data.sources import BuiltinTask, task_module
 from lrm_fast.data.tokenizer import build_tokenizer, require_known
 from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
 from lrm_fast.model.optim import adamw
@@ -147,11 +150,34 @@ def _batches(
             yield chunk[k * batch_size : (k + 1) * batch_size]
 
 
-def cold_start_key(task: DifficultyConfig, sft: ColdStartConfig, model: TinyModelConfig) -> str:
+def task_settings(task: BuiltinTask) -> dict:
+    """A task's part of the cache key and the record: its settings, and its name for the long task (the
+    arithmetic task's keys were made before there was a second task, and stay as they were)."""
+    settings = asdict(task)
+    if isinstance(task, LongDifficultyConfig):
+        settings["name"] = DataSource.long_arithmetic.value
+    return settings
+
+
+def cold_start_key(task: BuiltinTask, sft: ColdStartConfig, model: TinyModelConfig) -> str:
     """A short hash of every setting that changes what a cold start contains (not where it is kept)."""
-    sft_settings = {k: v for k, v in asdict(sft).items() if k != "cache_dir"}
-    settings = {"version": CACHE_VERSION, "task": asdict(task), "sft": sft_settings, "model": asdict(model)}
+    sft_settings = _sft_settings(sft)
+    settings = {
+        "version": CACHE_VERSION,
+        "task": task_settings(task),
+        "sft": sft_settings,
+        "model": asdict(model),
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sft_settings(cfg: ColdStartConfig) -> dict:
+    """The SFT settings of the key and the record: all but cache_dir, and max_response_tokens only when
+    set (it came after caches of the embedded default existed, whose key stays as it was)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+    if settings["max_response_tokens"] is None:
+        del settings["max_response_tokens"]
+    return settings
 
 
 def cache_root(cfg: ColdStartConfig) -> Path:
@@ -162,8 +188,34 @@ def cache_root(cfg: ColdStartConfig) -> Path:
     return Path(os.environ.get("LRM_FAST_CACHE", "~/.cache/lrm_fast")).expanduser() / "cold_start"
 
 
+def teacher_problems(
+    task: BuiltinTask, cfg: ColdStartConfig, tokenizer: PreTrainedTokenizerBase
+) -> list[Problem]:
+    """The SFT data: the teacher's solutions of `cfg.num_problems` training problems of `task`, less those
+    whose response (end-of-sequence token included) is longer than `cfg.max_response_tokens`."""
+    module = task_module(task)
+    problems = module.generate_problems(cfg.num_problems, split="train", seed=cfg.seed, settings=task)
+    rng = random.Random(cfg.seed)
+    solved = [
+        module.teacher_solution(p, rng, cfg.slip_prob, cfg.check_prob, cfg.space_prob) for p in problems
+    ]
+    if cfg.max_response_tokens is None:
+        return solved
+    kept = [p for p in solved if _response_tokens(tokenizer, p) <= cfg.max_response_tokens]
+    if not kept:
+        raise ValueError(
+            f"cold_start.max_response_tokens={cfg.max_response_tokens} keeps none of the teacher's "
+            f"{len(solved)} solutions"
+        )
+    return kept
+
+
+def _response_tokens(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> int:
+    return len(tokenizer(problem.solution + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+
+
 def cached_cold_start(
-    task: DifficultyConfig, cfg: ColdStartConfig, shape: TinyModelConfig, *, log_every: int = 50
+    task: BuiltinTask, cfg: ColdStartConfig, shape: TinyModelConfig, *, log_every: int = 50
 ) -> Path:
     """The directory of a trained cold start (model + tokenizer), training it only if not cached."""
     final = cache_root(cfg) / f"cold-start-{cold_start_key(task, cfg, shape)}"
@@ -175,12 +227,9 @@ def cached_cold_start(
         len(tokenizer), shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
     )
     model = build_model(config, seed=cfg.seed)
-    problems = generate_problems(cfg.num_problems, split="train", seed=cfg.seed, settings=task)
-    rng = random.Random(cfg.seed)
-    problems = [teacher_solution(p, rng, cfg.slip_prob, cfg.check_prob, cfg.space_prob) for p in problems]
-    losses = run_sft(model, tokenizer, problems, cfg, log_every=log_every)
-    sft_settings = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
-    record = {"task": asdict(task), "sft": sft_settings, "model": asdict(shape), "losses": losses}
+    losses = run_sft(model, tokenizer, teacher_problems(task, cfg, tokenizer), cfg, log_every=log_every)
+    sft_settings = _sft_settings(cfg)
+    record = {"task": task_settings(task), "sft": sft_settings, "model": asdict(shape), "losses": losses}
     _save_atomically(model, tokenizer, record, final)
     logger.info("saved SFT cold start %s", final)
     return final

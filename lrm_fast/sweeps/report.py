@@ -180,6 +180,7 @@ TABLE_HEADER = (
     "zero-adv %",
     "all-correct %",
     "all-wrong %",
+    "truncated %",
     "len correct first → last",
     "len incorrect first → last",
     "clip frac",
@@ -193,7 +194,8 @@ COLUMN_NOTES = f"""\
 Per configuration over its seeds: final avg@k is the held-out score after training (avg@k with k samples
 per problem; spread as mean ± sample std and min–max); Δ cold start is its gain over the score before
 training, in points; pass@k is the final evaluation's unbiased pass@k at k = 1 and the largest k, mean
-over seeds. Zero-advantage ratios (share of groups with all-equal rewards, after RLR / OSI), clip
+over seeds. Zero-advantage ratios (share of groups with all-equal rewards, after RLR / OSI), the
+truncated share (sampled responses that filled the response window, "-" for runs that did not log it), clip
 fraction and KL (approx: to the rollout policy; ref: to the reference) are means over training steps;
 response lengths (tokens) are means over the first and the last {100 * EDGE_SHARE:g}% of the steps; wall
 time is the GRPO run's (without the cached SFT cold start)."""
@@ -213,6 +215,7 @@ def format_table(report: dict) -> str:
             _mean_std(c["improvement_points"]),
             _pass_at_k_cell(c["pass_at_k"]["mean"]),
             *(_number(c[name]["mean"], 100) for name in STEP_MEANS if name.startswith("zero_adv")),
+            _number(c["truncated_ratio"]["mean"], 100),
             *(
                 f"{_number(c[f'{name}_first']['mean'])} → {_number(c[f'{name}_last']['mean'])}"
                 for name in LENGTHS

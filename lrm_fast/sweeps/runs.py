@@ -26,6 +26,7 @@ STEP_MEANS = {
     "zero_adv_ratio": "zero_adv/ratio",
     "zero_adv_all_correct": "zero_adv/all_correct",
     "zero_adv_all_wrong": "zero_adv/all_wrong",
+    "truncated_ratio": "length/truncated_ratio",  # responses that filled the window (absent before 2026-12)
     "clip_fraction": "loss/clip_fraction",
     "approx_kl": "loss/approx_kl",
     "ref_kl": "loss/ref_kl",

@@ -9,7 +9,7 @@ from lrm_fast.config.choices import DataSource, Injection, ModelSource, RolloutE
 from lrm_fast.config.validation import round_prompts
 from lrm_fast.data.examples import PromptExample
 from lrm_fast.data.prompts import encode_prompts, prompt_template
-from lrm_fast.data.sources import load_examples
+from lrm_fast.data.sources import builtin_task, load_examples
 from lrm_fast.data.tokenizer import load_tokenizer
 from lrm_fast.levers.injection import load_solution_bank
 from lrm_fast.levers.scoring import ScoredStep, score_rollouts
@@ -66,7 +66,7 @@ def cold_start_dir(cfg: TrainConfig) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_THREADS)
     try:
-        path = cached_cold_start(cfg.data.difficulty, cfg.cold_start, cfg.model.tiny)
+        path = cached_cold_start(builtin_task(cfg.data), cfg.cold_start, cfg.model.tiny)
     finally:
         torch.set_num_threads(threads)
     if distributed and torch.distributed.get_rank() == 0:

@@ -12,12 +12,13 @@ from lrm_fast.levers.scoring import lever_metrics
 from lrm_fast.training.update import MISMATCH_SUMS
 
 
-def sample_counts(selection: Selection, dynamic: bool) -> dict[str, float]:
+def sample_counts(selection: Selection, dynamic: bool, max_new_tokens: int) -> dict[str, float]:
     """This rank's counts of every response sampled in the step (all rounds of dynamic sampling), to be
-    summed over ranks: rewards, accuracy, zero-advantage groups (before / after the levers), lengths and
-    lever counts; the forwarded and kept counts are the trained groups'. Accuracy and lengths are the
-    policy's own responses (injected ones excluded: injection only ever replaces incorrect responses).
-    Generated tokens count every sampled response."""
+    summed over ranks: rewards, accuracy, zero-advantage groups (before / after the levers), lengths, the
+    truncated responses (those that fill the response window `max_new_tokens`) and lever counts; the
+    forwarded and kept counts are the trained groups'. Accuracy, lengths and truncation are the policy's
+    own responses (injected ones excluded: injection only ever replaces incorrect responses). Generated
+    tokens count every sampled response."""
     scored, trained = selection.sampled, selection.samples
     samples = scored.samples
     sampled = [s for s in samples if not s.injected]
@@ -37,6 +38,7 @@ def sample_counts(selection: Selection, dynamic: bool) -> dict[str, float]:
         "len_correct": sum(correct_lengths),
         "n_wrong": len(wrong_lengths),
         "len_wrong": sum(wrong_lengths),
+        "truncated": sum(len(s.response_ids) >= max_new_tokens for s in sampled),
         "forwarded": sum(s.forward for s in trained),
         "kept": sum(s.regime_weight > 0 for s in trained),
         "injected": scored.injected,
@@ -112,6 +114,7 @@ def shares(t: dict[str, float]) -> dict[str, float]:
         "length/response_mean": (t["len_correct"] + t["len_wrong"]) / max(n - t["injected"], 1),
         "length/correct_mean": t["len_correct"] / max(t["n_correct"], 1),
         "length/incorrect_mean": t["len_wrong"] / max(t["n_wrong"], 1),
+        "length/truncated_ratio": t["truncated"] / max(n - t["injected"], 1),
         "batch/forwarded_responses": t["forwarded"],
         "regime/kept_responses": t["kept"],
         "injection/responses": t["injected"],
@@ -132,6 +135,7 @@ STEP_KEYS = (
     "length/response_mean",
     "length/correct_mean",
     "length/incorrect_mean",
+    "length/truncated_ratio",
     "batch/forwarded_responses",
     "regime/kept_responses",
     "regime/negative_only",

@@ -429,7 +429,9 @@ class GRPOTrainer:
     def _sample_metrics(self, selection: Selection) -> dict[str, float]:
         """The step's response metrics (step_metrics.sample_counts), summed over ranks; the generated
         tokens' running total is checkpointed."""
-        counts = step_metrics.sample_counts(selection, self.cfg.sampling.name == Sampling.dynamic)
+        counts = step_metrics.sample_counts(
+            selection, self.cfg.sampling.name == Sampling.dynamic, self.cfg.rollout.max_new_tokens
+        )
         summed = all_reduce(torch.tensor(list(counts.values()), dtype=torch.float64)).tolist()
         totals = dict(zip(counts, summed, strict=True))
         self.state["generated_tokens"] += int(totals["generated_tokens"])

@@ -19,6 +19,7 @@ import torch
 
 from lrm_fast.config import (
     BenchmarkConfig,
+    DataConfig,
     EvalAppConfig,
     EvalModelConfig,
     EvalProtocol,
@@ -27,6 +28,7 @@ from lrm_fast.config import (
 )
 from lrm_fast.data.examples import Columns, PromptExample
 from lrm_fast.data.grader import grade
+from lrm_fast.data.sources import load_examples
 from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.evaluation.adaptive import adaptive_interval, round_counts
 from lrm_fast.evaluation.benchmarks import load_benchmark, load_benchmark_file
@@ -77,6 +79,11 @@ def test_load_benchmark_file_with_custom_keys_and_builtin(tmp_path):
     builtin = load_benchmark(BenchmarkConfig(name="arithmetic", path="builtin:arithmetic", problems=5))
     assert len(builtin.examples) == 5 and builtin.template == "{problem}"
     assert all(example.id.startswith("arith-") for example in builtin.examples)
+    long = load_benchmark(BenchmarkConfig(name="long", path="builtin:long_arithmetic", problems=5))
+    assert len(long.examples) == 5 and long.template == "{problem}"
+    # The problems a training run on the long task evaluates, at its default settings.
+    trained = load_examples(DataConfig(name="long_arithmetic", train_problems=0), num_heldout=5)[1]
+    assert long.examples == trained
 
 
 MALFORMED = {

@@ -81,7 +81,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(env, tmp_path):
     process.wait()
     assert (run / "checkpoints" / "step_000004").exists() and not (run / "summary.json").exists()
 
-    resumed = _train([*steps, f"trainer.resume={run}", f"hydra.run.dir={tmp_path}/resume_log"], env, tmp_path)
+    # The same command with trainer.resume=auto continues the run in its own directory.
+    resumed = _train([*steps, "trainer.resume=auto", f"hydra.run.dir={run}"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _metrics(run) == _metrics(tmp_path / "reference")
     summary = json.loads((run / "summary.json").read_text())
@@ -106,9 +107,8 @@ def test_torch_and_triton_loss_backends_give_the_same_run(env, tmp_path):
 
 @pytest.mark.slow
 def test_multirun_sweeps_seeds_with_the_basic_launcher(env, tmp_path):
-    result = _train(
-        ["seed=0,1", "trainer.steps=2", f"hydra.sweep.dir={tmp_path}/sweep"], env, tmp_path, flags=["-m"]
-    )
+    sweep = ["seed=0,1", "trainer.steps=2", f"hydra.sweep.dir={tmp_path}/sweep", "trainer.resume=auto"]
+    result = _train(sweep, env, tmp_path, flags=["-m"])
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert len(summaries) == 2
@@ -117,6 +117,12 @@ def test_multirun_sweeps_seeds_with_the_basic_launcher(env, tmp_path):
         first[0]["reward/mean"] != second[0]["reward/mean"]
         or first[0]["loss/policy"] != second[0]["loss/policy"]
     )
+    # Started again, the sweep keeps its finished runs as they are.
+    files = {p: p.read_bytes() for p in (tmp_path / "sweep").glob("*/*") if p.is_file()}
+    again = _train(sweep, env, tmp_path, flags=["-m"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("holds a finished run; kept (trainer.resume=auto)") == 2
+    assert {p: p.read_bytes() for p in files} == files
 
 
 BAD_CONFIGS = {

@@ -9,7 +9,11 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from lrm_fast.cli.configs import register_configs
-from lrm_fast.config import TrainConfig, check_inputs, validate
+from lrm_fast.cli.stages import LONG_STAGES
+from lrm_fast.config import LongDifficultyConfig, TrainConfig, check_inputs, validate
+from lrm_fast.data.tokenizer import build_tokenizer
+from lrm_fast.model.cold_start import teacher_problems
+from lrm_fast.training.assembly import policy_path
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUP_OPTIONS = sorted(
@@ -19,7 +23,8 @@ GROUP_OPTIONS = sorted(
     if group.is_dir() and group.name not in ("experiment", "benchmarks")
     for option in group.glob("*.yaml")
 )
-EXPERIMENTS = sorted(path.stem for path in (CONF / "experiment").glob("*.yaml"))
+# The study's runs; long_* are the built-in long task's stages (tests/config/test_config.py).
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if not p.stem.startswith("long_"))
 REQUIRED = {("model", "pretrained"): ["model.path=/models/x"], ("data", "file"): ["data.train_path=x.jsonl"]}
 
 
@@ -89,6 +94,35 @@ def test_default_config_is_the_embedded_task():
     assert (cfg.model.name, cfg.data.name, cfg.rollout.backend) == ("tiny", "arithmetic", "hf")
     assert cfg.trainer.prompts_per_step * cfg.rollout.group_size == 256
     assert not cfg.reward.think_format and not cfg.eval.think_format  # its traces always close </think>
+
+
+def test_long_task_composes_with_its_model_preset():
+    cfg = _compose(["data=long_arithmetic", "model=tiny_long"])
+    validate(cfg)
+    assert (cfg.model.name, cfg.data.name) == ("tiny", "long_arithmetic")
+    assert cfg.data.long_difficulty == LongDifficultyConfig()  # the data file restates the defaults
+    # Room for every cold start example (the SFT refuses one longer than the model's positions) and for the
+    # longest prompt with a staged run's third response limit, 1,536 tokens. Tokens: the characters, the 3
+    # markers of a response one token each, its EOS, and the prompt's 3 chat tokens.
+    positions = cfg.model.tiny.max_position_embeddings
+    examples = teacher_problems(cfg.data.long_difficulty, cfg.cold_start, build_tokenizer())
+    assert max(len(p.problem) + 3 + len(p.solution) - 19 + 1 for p in examples) <= positions
+    last_stage = _compose([f"+experiment={LONG_STAGES[-1]}", "model.path=/models/x"])
+    assert max(len(p.problem) + 3 for p in examples) + last_stage.rollout.max_new_tokens <= positions
+
+
+def test_long_stages_extend_the_context_as_the_study_does():
+    stages = [_compose([f"+experiment={name}", "model.path=/models/x"]) for name in LONG_STAGES]
+    limits = [cfg.rollout.max_new_tokens for cfg in stages]
+    assert [limit / limits[0] for limit in limits] == [1, 2, 3]  # 8k : 16k : 24k
+    assert [cfg.rollout.group_size for cfg in stages] == [8, 16, 16]
+    assert [cfg.eval.max_new_tokens for cfg in stages] == limits
+    assert all(cfg.data.name == "long_arithmetic" and cfg.rollout.temperature == 0.6 for cfg in stages)
+    assert stages[0].model.name == "tiny" and all(cfg.model.name == "pretrained" for cfg in stages[1:])
+    for name in LONG_STAGES:
+        validate(_compose([f"+experiment={name}", "model.path=/models/x"]))
+    with pytest.raises(ValueError, match=r"model\.path is required"):
+        policy_path(_compose([f"+experiment={LONG_STAGES[1]}"]))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -1,15 +1,17 @@
-"""SFT cold start: response-only loss, padding, schedule, learning, and the atomic cache."""
+"""SFT cold start: response-only loss, padding, schedule, learning, the atomic cache, the task it learns."""
 
 import itertools
+import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
 import lrm_fast.model.cold_start as sft
-from lrm_fast.config import ColdStartConfig, DifficultyConfig, TinyModelConfig
+from lrm_fast.config import ColdStartConfig, DifficultyConfig, LongDifficultyConfig, TinyModelConfig
 from lrm_fast.data.arithmetic import generate_problems, make_problem
+from lrm_fast.data.grader import grade
 from lrm_fast.data.tokenizer import build_tokenizer, load_tokenizer
 from lrm_fast.model.causal_lm import build_model, load_model, tiny_qwen2_config
 from lrm_fast.model.cold_start import (
@@ -20,6 +22,7 @@ from lrm_fast.model.cold_start import (
     encode_example,
     response_loss,
     run_sft,
+    teacher_problems,
 )
 from lrm_fast.model.optim import lr_multiplier
 
@@ -211,3 +214,54 @@ def test_failure_while_saving_leaves_no_cache(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         cached_cold_start(TASK, cached_in(tmp_path), SMALL)
     assert list(tmp_path.iterdir()) == []  # neither a cache nor the staging directory
+
+
+def test_the_default_cold_start_keeps_its_key():
+    # The key every cache of the embedded default was made under: a second built-in task must not move it.
+    assert cold_start_key(DifficultyConfig(), ColdStartConfig(), TinyModelConfig()) == "c98c2d8a3e7862f0"
+
+
+def test_the_long_task_gets_a_key_of_its_own():
+    long_task = LongDifficultyConfig()
+    keys = {
+        cold_start_key(TASK, QUICK, SMALL),
+        cold_start_key(long_task, QUICK, SMALL),
+        cold_start_key(replace(long_task, max_multiplier=20), QUICK, SMALL),
+    }
+    assert len(keys) == 3
+
+
+def test_the_long_task_cold_start_trains_on_its_teacher_solutions(tmp_path, monkeypatch):
+    trained_on = []
+    real = sft.run_sft
+
+    def spy(model, tokenizer, problems, cfg, **kwargs):
+        trained_on.extend(problems)
+        return real(model, tokenizer, problems, cfg, **kwargs)
+
+    monkeypatch.setattr(sft, "run_sft", spy)
+    long_task = LongDifficultyConfig(min_multiplier=2, max_multiplier=6)  # short enough for SMALL's positions
+    path = cached_cold_start(long_task, cached_in(tmp_path), SMALL)
+    problems = trained_on
+    assert len(problems) == QUICK.num_problems and all(p.id.startswith("long-") for p in problems)
+    assert problems == teacher_problems(long_task, QUICK, build_tokenizer())
+    assert all(grade(p.solution, p.answer) for p in problems)  # the teacher's answer, wrong after a slip
+    assert all("\n" in p.solution and "," not in p.solution for p in problems)
+    record = json.loads((path / "cold_start.json").read_text())
+    assert record["task"] == {**asdict(long_task), "name": "long_arithmetic"}
+
+
+def test_max_response_tokens_keeps_the_shorter_teacher_solutions():
+    tokenizer = build_tokenizer()
+    long_task = LongDifficultyConfig(min_multiplier=2, max_multiplier=40)
+    every = teacher_problems(long_task, QUICK, tokenizer)
+    capped = teacher_problems(long_task, replace(QUICK, max_response_tokens=120), tokenizer)
+    tokens = {p.id: len(tokenizer(p.solution + tokenizer.eos_token)["input_ids"]) for p in every}
+    assert capped == [p for p in every if tokens[p.id] <= 120]
+    assert 0 < len(capped) < len(every) and max(tokens[p.id] for p in capped) > 100
+    with pytest.raises(ValueError, match="max_response_tokens=5 keeps none"):
+        teacher_problems(long_task, replace(QUICK, max_response_tokens=5), tokenizer)
+    # A cap is part of the key; no cap leaves the key as it was before the setting existed.
+    assert cold_start_key(long_task, replace(QUICK, max_response_tokens=120), SMALL) != cold_start_key(
+        long_task, QUICK, SMALL
+    )
