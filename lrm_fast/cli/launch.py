@@ -70,9 +70,12 @@ def launched_run(program: str, dict_cfg: DictConfig, hydra_dir: Path) -> Iterato
 
 
 def finished_run(dict_cfg: DictConfig, hydra_dir: Path) -> dict | None:
-    """The summary of the finished run that `trainer.resume=auto` keeps in this launch's directory, if any."""
+    """The summary of the finished run that `trainer.resume=auto` keeps in this launch's directory, if any:
+    one asked for another trainer.steps is continued instead (a resume that records the change)."""
     summary = hydra_dir / "summary.json"
     if dict_cfg.trainer.resume != AUTO_RESUME or not summary.is_file():
+        return None
+    if OmegaConf.load(hydra_dir / "config.yaml").trainer.steps != dict_cfg.trainer.steps:
         return None
     return json.loads(summary.read_text())
 

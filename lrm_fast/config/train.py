@@ -365,9 +365,10 @@ class TrainerConfig:
     checkpoint_every: int = 50  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 2
     # The run directory of a killed run to continue, or `auto`: this launch's own directory (hydra.run.dir,
-    # or the job's folder under a fixed hydra.sweep.dir) is kept as it is when it holds a finished run,
-    # continued when it holds a started one, and used for a new run otherwise: a sweep started again
-    # with the same sweep directory skips its finished runs and continues the killed one.
+    # or the job's folder under a fixed hydra.sweep.dir) is kept as it is when it holds a finished run of
+    # the same trainer.steps, continued when it holds a started one (or a finished one asked for other
+    # steps), and used for a new run otherwise: a sweep started again with the same sweep directory skips
+    # its finished runs and continues the killed one.
     resume: str | None = None
     mixed_precision: MixedPrecision = MixedPrecision.auto
     # Stop after the step whose cumulative generated response tokens reach this many (null: `steps` only):
