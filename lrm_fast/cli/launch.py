@@ -69,13 +69,18 @@ def launched_run(program: str, dict_cfg: DictConfig, hydra_dir: Path) -> Iterato
             _remove_if_empty(hydra_dir)  # the resumed run writes into its own directory
 
 
-def finished_run(dict_cfg: DictConfig, hydra_dir: Path) -> dict | None:
-    """The summary of the finished run that `trainer.resume=auto` keeps in this launch's directory, if any:
-    one asked for another trainer.steps is continued instead (a resume that records the change)."""
+def finished_run(program: str, dict_cfg: DictConfig, hydra_dir: Path) -> dict | None:
+    """The summary of the finished run that `trainer.resume=auto` keeps in this launch's directory, if any.
+
+    Kept only when the launch asks for the run's own settings (those a resume may change aside): a
+    finished run of other settings is refused with one line, as a resume would refuse it, and one asked
+    for another trainer.steps is continued (a resume that records the change)."""
     summary = hydra_dir / "summary.json"
     if dict_cfg.trainer.resume != AUTO_RESUME or not summary.is_file():
         return None
-    if OmegaConf.load(hydra_dir / "config.yaml").trainer.steps != dict_cfg.trainer.steps:
+    with input_errors(program, hydra_dir, ExitStack()):
+        _, changes = resumed_config(dict_cfg, hydra_dir)
+    if "trainer.steps" in changes:
         return None
     return json.loads(summary.read_text())
 
@@ -116,6 +121,9 @@ def _claim(run_dir: Path, dict_cfg: DictConfig, cfg: TrainConfig, changes: dict 
     holds.callback(trackers.close)  # a run that ends without finishing them leaves them failed
     if changes is not None:
         record_resume(run_dir, changes)
+        # A continued run is unfinished until it writes its summary again (trainer.resume=auto keeps runs
+        # that have one).
+        (run_dir / "summary.json").unlink(missing_ok=True)
     else:  # a resume keeps the record of the launch that started the run
         write_hydra_record(run_dir, dict_cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))

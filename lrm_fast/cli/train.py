@@ -24,7 +24,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="pkg://lrm_fast.conf", config_name="config")
 def main(dict_cfg: DictConfig) -> dict:
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = finished_run(dict_cfg, hydra_dir)
+    summary = finished_run("lrm-fast-train", dict_cfg, hydra_dir)
     if summary is not None:  # trainer.resume=auto keeps a finished run as it is
         kept = f"lrm-fast-train: {hydra_dir} holds a finished run; kept (trainer.resume=auto)"
         print(kept, file=sys.stderr)
