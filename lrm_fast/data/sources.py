@@ -33,7 +33,7 @@ def task_module(task: BuiltinTask) -> ModuleType:
     return long_arithmetic if isinstance(task, LongDifficultyConfig) else arithmetic
 
 
-def arithmetic_examples(n: int, split: str, seed: int, task: BuiltinTask) -> list[PromptExample]:
+def builtin_examples(n: int, split: str, seed: int, task: BuiltinTask) -> list[PromptExample]:
     """`n` problems of one split of a built-in task, each with up to 4 stored correct solutions."""
     module = task_module(task)
     problems = module.generate_problems(n, split=split, seed=seed, settings=task)
@@ -49,8 +49,8 @@ def load_examples(data: DataConfig, num_heldout: int) -> tuple[list[PromptExampl
     """(train, held-out) prompts: a built-in task's splits or the configured datasets."""
     if data.name != DataSource.file:
         task = builtin_task(data)
-        train = arithmetic_examples(data.train_problems, "train", data.seed, task)
-        heldout = arithmetic_examples(num_heldout, "held_out", data.seed + 1, task)
+        train = builtin_examples(data.train_problems, "train", data.seed, task)
+        heldout = builtin_examples(num_heldout, "held_out", data.seed + 1, task)
         return train, heldout
     train = load_prompts(data_source(data, data.train_path, data.train_split))
     heldout_source = data_source(data, data.heldout_path, data.heldout_split) if data.heldout_path else None

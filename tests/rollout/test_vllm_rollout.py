@@ -278,7 +278,7 @@ def test_async_rollouts_push_weights_into_a_separate_engine(tmp_path):
     _vllm_or_skip()
     from lrm_fast.batching import micro_batches as M
     from lrm_fast.config import TrainConfig
-    from lrm_fast.data.sources import arithmetic_examples
+    from lrm_fast.data.sources import builtin_examples
     from lrm_fast.kernels import token_logprobs
     from lrm_fast.training.assembly import build_policy
     from lrm_fast.training.async_rollout import AsyncRollouts, Request
@@ -296,7 +296,7 @@ def test_async_rollouts_push_weights_into_a_separate_engine(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     pipeline = AsyncRollouts(cfg, model, tokenizer, None)
     try:
-        examples = arithmetic_examples(4, "train", 0, cfg.data.difficulty)
+        examples = builtin_examples(4, "train", 0, cfg.data.difficulty)
         pipeline.request(Request(1, 0, [examples], seed=1), model)
         samples = pipeline.take(1)[0].selection.samples
     finally:

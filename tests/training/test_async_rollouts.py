@@ -10,7 +10,7 @@ from trainer_fixtures import synthetic_samples, tiny_model
 from lrm_fast.batching import micro_batches as M
 from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig, TinyModelConfig, TrainConfig
-from lrm_fast.data.sources import arithmetic_examples
+from lrm_fast.data.sources import builtin_examples
 from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.kernels import token_logprobs
 from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
@@ -45,7 +45,7 @@ def perturb(model, scale=0.1):
 
 def test_pushed_weights_reach_the_rollout_process():
     model, tokenizer, cfg = small_policy_and_config()
-    examples = arithmetic_examples(3, "train", 0, cfg.data.difficulty)
+    examples = builtin_examples(3, "train", 0, cfg.data.difficulty)
     pipeline = AsyncRollouts(cfg, model, tokenizer, None)
     try:
         pipeline.request(Request(1, 0, [examples], seed=1), model)
@@ -65,7 +65,7 @@ def test_pushed_weights_reach_the_rollout_process():
 
 def test_a_rollback_samples_the_batches_in_flight_again_with_the_restored_weights():
     model, tokenizer, cfg = small_policy_and_config()
-    examples = arithmetic_examples(2, "train", 0, cfg.data.difficulty)
+    examples = builtin_examples(2, "train", 0, cfg.data.difficulty)
     pipeline = AsyncRollouts(cfg, model, tokenizer, None)
     try:
         restored = {k: v.clone() for k, v in model.state_dict().items()}
