@@ -152,12 +152,15 @@ def test_unknown_characters_are_refused(tokenizer):
         encode_example(tokenizer, bad)
 
 
-def count_calls(monkeypatch):
+def count_calls(monkeypatch, trained_on=None):
+    """The configs of every SFT run from here on; the problems they trained on go to `trained_on`."""
     calls = []
     real = sft.run_sft
 
     def spy(model, tokenizer, problems, cfg, **kwargs):
         calls.append(cfg)
+        if trained_on is not None:
+            trained_on.extend(problems)
         return real(model, tokenizer, problems, cfg, **kwargs)
 
     monkeypatch.setattr(sft, "run_sft", spy)
@@ -233,13 +236,7 @@ def test_the_long_task_gets_a_key_of_its_own():
 
 def test_the_long_task_cold_start_trains_on_its_teacher_solutions(tmp_path, monkeypatch):
     trained_on = []
-    real = sft.run_sft
-
-    def spy(model, tokenizer, problems, cfg, **kwargs):
-        trained_on.extend(problems)
-        return real(model, tokenizer, problems, cfg, **kwargs)
-
-    monkeypatch.setattr(sft, "run_sft", spy)
+    count_calls(monkeypatch, trained_on)
     long_task = LongDifficultyConfig(min_multiplier=2, max_multiplier=6)  # short enough for SMALL's positions
     path = cached_cold_start(long_task, cached_in(tmp_path), SMALL)
     problems = trained_on
