@@ -61,7 +61,7 @@ class PackedAttention(Choice):
     """Attention inside packed micro-batches (lrm_fast/model/attention.py)."""
 
     auto = "auto"  # flash, else varlen on CUDA; sdpa on CPU
-    sdpa = "sdpa"  # block-diagonal causal mask, anywhere
+    sdpa = "sdpa"  # causal SDPA on each sequence in turn, anywhere
     varlen = "varlen"  # torch's varlen kernel (CUDA)
     flash = "flash"  # flash-attn (CUDA)
 

@@ -4,7 +4,7 @@ A packed micro-batch (lrm_fast/batching/micro_batches.py) holds S sequences end 
 [1, T] with their boundaries in cu_seqlens [S + 1]. Three implementations keep attention inside each
 sequence, chosen by `loss.packed_attention`:
 
-    sdpa    torch SDPA with a block-diagonal causal [T, T] mask (anywhere; memory O(T^2) per layer)
+    sdpa    torch SDPA, causal, on each sequence in turn (anywhere; memory O(T))
     varlen  torch.nn.attention.varlen.varlen_attn on cu_seqlens (CUDA)
     flash   flash_attn.flash_attn_varlen_func on cu_seqlens (CUDA, flash-attn installed)
 
@@ -17,6 +17,7 @@ and backward (`packed_attention`): sampling keeps its own (sdpa with the KV cach
 import functools
 import importlib.util
 import inspect
+import itertools
 from contextlib import contextmanager
 
 import torch
@@ -29,24 +30,30 @@ from lrm_fast.config.choices import PackedAttention
 # Each function gets transformers' attention arguments: query [1, H, T, D], key and value [1, H_kv, T, D]
 # (H_kv < H with grouped-query attention), and returns ([1, T, H, D], None).
 def sdpa_packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Block-diagonal causal SDPA: token t of sequence i attends to tokens <= t of sequence i only."""
+    """Causal SDPA on each packed sequence in turn: token t of sequence i attends to tokens <= t of i only.
+
+    One call per sequence rather than one over a block-diagonal causal [T, T] mask: no [T, T] tensor and work
+    O(sum of squared lengths), where the mask costs O(T^2) of both (at 16k packed tokens, 256 MB of mask per
+    layer and every masked block computed). Memory is O(T) with SDPA's fused kernels; its math fallback
+    (attention dropout) holds each sequence's L_i^2 weights. The loop and the host read of cu_seqlens cost
+    a call per sequence and a sync per layer: small on CPU, where this is the path; on CUDA varlen and flash
+    are the default."""
     _check_packed(query, kwargs)
-    # Rebuilt in every layer from cu_seqlens: O(T^2) like the attention itself, and nothing to cache.
-    cu_seqlens = kwargs["cu_seq_lens_q"]
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    sequence = torch.repeat_interleave(torch.arange(len(lengths), device=query.device), lengths)  # [T]
-    causal = torch.ones(len(sequence), len(sequence), dtype=torch.bool, device=query.device).tril()
-    mask = causal & (sequence[:, None] == sequence[None, :])  # [T, T]
-    output = torch.nn.functional.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=mask,
-        dropout_p=dropout,
-        scale=scaling,
-        enable_gqa=key.shape[1] != query.shape[1],
-    )
-    return output.transpose(1, 2), None
+    bounds = kwargs["cu_seq_lens_q"].tolist()
+    gqa = key.shape[1] != query.shape[1]
+    outputs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+        for start, end in itertools.pairwise(bounds)
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2), None
 
 
 def varlen_packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
