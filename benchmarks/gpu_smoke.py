@@ -23,7 +23,7 @@ from lrm_fast.batching import micro_batches as M
 from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig, TinyModelConfig
 from lrm_fast.model import attention as P
-from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
+from lrm_fast.model.causal_lm import build_model, enable_activation_checkpointing, tiny_qwen2_config
 from lrm_fast.rollout import SamplingParams
 from lrm_fast.rollout.hf import HFRolloutBackend
 from lrm_fast.training.update import policy_update
@@ -82,7 +82,7 @@ def run(args, attention: str) -> dict:
     device = torch.device(args.device)
     model, config = random_policy(args.shape, device)
     if args.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
     backend = HFRolloutBackend(
         model,

@@ -105,3 +105,15 @@ def load_model(
             f"{path_or_name!r} is neither a local model directory nor in the HF cache, and lrm_fast never "
             f"downloads: fetch it first (e.g. `hf download {path_or_name}`) or pass a local path"
         ) from error
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward (non-reentrant checkpoints).
+
+    transformers 5.25 renamed gradient_checkpointing_enable to activation_checkpointing_enable and drops
+    the old name in v6; earlier releases (vLLM pins one) have only the old name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

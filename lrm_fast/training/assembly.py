@@ -13,7 +13,7 @@ from lrm_fast.data.sources import builtin_task, load_examples
 from lrm_fast.data.tokenizer import load_tokenizer
 from lrm_fast.levers.injection import load_solution_bank
 from lrm_fast.levers.scoring import ScoredStep, score_rollouts
-from lrm_fast.model.causal_lm import load_model
+from lrm_fast.model.causal_lm import enable_activation_checkpointing, load_model
 from lrm_fast.model.cold_start import cached_cold_start
 from lrm_fast.model.optim import adamw
 from lrm_fast.rollout.hf import HFRolloutBackend
@@ -84,7 +84,7 @@ def build_policy(cfg: TrainConfig, device: torch.device):
     path = policy_path(cfg)
     model = load_model(path, dtype=torch.float32, attn_implementation=cfg.model.attn_implementation.value)
     if cfg.model.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     return model.to(device), load_tokenizer(path)
 
 

@@ -17,7 +17,7 @@ from lrm_fast.batching import micro_batches as M
 from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig, TinyModelConfig
 from lrm_fast.model import attention as P
-from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
+from lrm_fast.model.causal_lm import build_model, enable_activation_checkpointing, tiny_qwen2_config
 from lrm_fast.training.metrics import read_metrics
 from lrm_fast.training.update import micro_batch_loss, policy_update
 
@@ -84,7 +84,7 @@ def test_policy_update_with_activation_checkpointing_recomputes_the_packed_atten
     grads = {}
     for packed in (False, True):
         model = tiny_model()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         if packed:
             batches = [M.collate(mb, True) for mb in M.micro_batches(samples, 60, True)]
         else:
