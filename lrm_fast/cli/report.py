@@ -58,6 +58,7 @@ def _token_count(text: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # matplotlib (pulled in by the report module) only after the arguments are known to be valid
+    from lrm_fast.sweeps.matched import matched_markdown
     from lrm_fast.sweeps.report import (
         BUDGET_PLOT,
         PLOT_NAMES,
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nat an equal generated-token budget. {budget_line(report['budget'])}")
         print(format_budget(report))
         plots = (*plots, BUDGET_PLOT)
+    if report["matched"] is not None:
+        print("\n" + matched_markdown(report["matched"]))
     for name in ("report.md", "report.json", *plots):
         print(f"wrote {out_dir / name}")
 

@@ -17,6 +17,8 @@ Per configuration, over its seeds (mean, sample std, min, max):
   chosen, and how each quantity is computed): relative change of the zero-advantage ratio and of the
   correct-response length, the mean sampled response length, and the evaluation variance with k rounds
   against one round;
+- tokens per correct answer at matched held-out accuracy against the baseline, from the evaluations'
+  stored samples (lrm_fast/sweeps/matched.py: the definitions);
 - when the runs log generated tokens (`rollout/generated_tokens_total`), the configurations at an equal
   generated-token budget (lrm_fast/sweeps/budget.py: the definitions): the budget (`--budget`, else the
   baseline's generated tokens), the tokens each configuration generated, its held-out accuracy at the
@@ -24,7 +26,8 @@ Per configuration, over its seeds (mean, sample std, min, max):
   with the plot of held-out accuracy against generated tokens. Older runs: no such section (None).
 
 The code: runs.py finds, loads and groups the runs; headline.py computes the headline quantities;
-budget.py the equal-budget comparison; figures.py draws; this module aggregates and writes.
+budget.py the equal-budget comparison; matched.py the matched-accuracy one; figures.py draws; this module
+aggregates and writes.
 
 Simplifications:
 - Runs without .hydra/ (hydra.output_subdir=null) have no recorded overrides: then every run's
@@ -58,6 +61,7 @@ from lrm_fast.sweeps.figures import (
     training_curves,
 )
 from lrm_fast.sweeps.headline import choose_baseline, eval_variance_change, headline
+from lrm_fast.sweeps.matched import matched_markdown, matched_section
 from lrm_fast.sweeps.runs import (
     EDGE_SHARE,
     LENGTHS,
@@ -145,6 +149,7 @@ def build_report(
         "baseline": {"label": configurations[base].label, "reason": reason},
         "headline": headline(configurations, numbers, base),
         "budget": budget_section(configurations, base, budget),
+        "matched": matched_section(configurations, base),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,7 +387,8 @@ over seeds, band = min–max over seeds.
 ![pass@k](pass_at_k.png)
 
 ![response length](response_length.png)
-{budget_markdown(report)}"""
+{budget_markdown(report)}
+{matched_markdown(report.get("matched"))}"""
 
 
 def _pass_at_k_cell(curve: list[float] | None) -> str:
