@@ -94,7 +94,7 @@ class HFRolloutBackend:
         self, rows: list[list[int]], max_new_tokens: int, draw, device: torch.device
     ) -> list[Rollout]:
         """Responses to ``rows`` (prompts already repeated per group) until EOS or the limit."""
-        input_ids, attention_mask = _left_pad(rows, self.pad_token_id, device)
+        input_ids, attention_mask = left_pad(rows, self.pad_token_id, device)
         positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding shifts positions
         eos = torch.tensor(self.eos_token_ids, device=device)
         tokens = torch.full((len(rows), max_new_tokens), self.pad_token_id, device=device)
@@ -200,7 +200,7 @@ def _default_eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     return tokenizer_eos + config_eos
 
 
-def _left_pad(
+def left_pad(
     rows: list[list[int]], pad_token_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids and attention_mask [rows, longest prompt], prompts right-aligned so that new tokens
