@@ -3,7 +3,9 @@
 # float64 on the card (lrm-fast-kernel-check at V=151936 and at an unaligned V, and the GPU kernel tests);
 # the GRPO loss and fused LM head + loss benchmarks against Liger-Kernel and torch.compile; the
 # packed-attention tests; GRPO steps of a random Qwen2.5-0.5B-shaped model (benchmarks/gpu_smoke.py);
-# then the token_logprobs and group_advantages benchmarks. Last, one table: shape, provider, mode, ms,
+# the peak memory of one update of a random DeepSeek-R1-Distill-Qwen-1.5B-shaped model at 8k and 16k
+# response tokens (benchmarks/update_at_length.py, docs/SCALE.md's estimate); then the token_logprobs and
+# group_advantages benchmarks. Last, one table: shape, provider, mode, ms,
 # GB/s, % of the measured copy bandwidth, peak GiB.
 #
 # Needs:
@@ -73,11 +75,11 @@ export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$SCRATCH/triton_cache
 declare -A LIMITS=(
   [preflight]=30 [wheels]=30 [project]=30 [imports]=30 [select_tests]=30
   [kernel_check]=45 [kernel_check_unaligned]=30 [kernel_tests]=45 [copy]=20 [bench_grpo_loss]=120
-  [bench_fused_head]=75 [attention_tests]=30 [smoke]=60 [bench_token_logprobs]=60 [bench_group_advantages]=30
+  [bench_fused_head]=75 [attention_tests]=30 [smoke]=60 [memory_at_length]=75 [bench_token_logprobs]=60 [bench_group_advantages]=30
 )
 if ((DRY_RUN)); then
   LIMITS+=([kernel_check]=60 [kernel_check_unaligned]=30 [kernel_tests]=30 [bench_grpo_loss]=90
-    [bench_fused_head]=60 [smoke]=90 [bench_token_logprobs]=60)
+    [bench_fused_head]=60 [smoke]=90 [memory_at_length]=60 [bench_token_logprobs]=60)
   # The dry run checks that every stage runs, not how fast: on a CPU machine shared with other jobs the
   # stages took up to three times their quiet time (RESULTS.md), so its limits are doubled once more.
   for stage in "${!LIMITS[@]}"; do LIMITS[$stage]=$((LIMITS[$stage] * 2)); done
@@ -119,7 +121,7 @@ finish() {
   echo
   echo "== summary ($((SECONDS - START))s of ${BUDGET}s, $PROBLEMS stage(s) not ok; everything in $OUT_DIR)"
   cat "$OUT_DIR/summary.txt"
-  for stage in kernel_check kernel_check_unaligned smoke; do
+  for stage in kernel_check kernel_check_unaligned smoke memory_at_length; do
     if [[ -f $OUT_DIR/$stage.log ]]; then echo && cat "$OUT_DIR/$stage.log"; fi
   done
   echo
@@ -158,7 +160,7 @@ run_stage project "$PY" -m pip install -q --no-index --no-deps --no-build-isolat
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 cd "$SCRATCH/run" || finish 2
 run_stage imports "$PY" -m benchmarks.preflight --imports lrm_fast.kernels lrm_fast.cli.kernel_check \
-  benchmarks.copy_bandwidth benchmarks.cases benchmarks.gpu_smoke || finish 2
+  benchmarks.copy_bandwidth benchmarks.cases benchmarks.gpu_smoke benchmarks.update_at_length || finish 2
 run_stage select_tests "$PY" -m benchmarks.gpu_tests tests --out "$SCRATCH/gpu_tests.txt"
 KERNEL_TESTS=() OTHER_TESTS=()
 touch "$SCRATCH/gpu_tests.txt"
@@ -204,6 +206,15 @@ if ((DRY_RUN)); then
 else
   run_stage smoke "$PY" -m benchmarks.gpu_smoke --steps 2
 fi
+# One update of 32k tokens (docs/SCALE.md's micro-batch) with the settings SCALE.md assumes: packed,
+# fused head, activation checkpointing.
+if ((DRY_RUN)); then
+  at_length=(--shape tiny-long-v32k --lengths 64 128 --tokens 512)
+else
+  at_length=(--shape qwen2.5-1.5b --lengths 8192 16384 --tokens 32768)
+fi
+run_stage memory_at_length "$PY" -m benchmarks.update_at_length "${at_length[@]}" --sweep length \
+  --paths packed-fused-ckpt --repeats 1 --out "$OUT_DIR/update_at_length.json"
 bench token_logprobs
 bench group_advantages
 finish $((PROBLEMS > 0))
