@@ -9,13 +9,14 @@ micro-batch, so that its memory is that of all its tokens (the trainer's `loss.m
 
 Two sweeps, each over 8 paths (padded or packed, fused head or logits, activation checkpointing on or off):
 
-    length   L = 128 ... 4096 at a fixed number of real tokens per step (--tokens)
-    tokens   tokens per step doubled at a fixed L (--length)
+    length   L = 128 ... 4096 at a fixed number of tokens per step, prompts and responses (--tokens)
+    tokens   response tokens per step doubled at a fixed L (--length), the prompts growing with them
 
 Per point: one update for the peak memory (benchmarks/memory.py: RSS growth on CPU, the allocator's peak on
 CUDA, both above the memory in use before it: weights, AdamW state and inputs excluded; CUDA rows also give
-the whole peak), then --repeats timed updates (median); one more update per path, before its first
-point, allocates AdamW's moments. `--plot` draws both sweeps.
+the whole peak), then --repeats timed updates (median; 0: the peak's own update, the first at its shape,
+times the point); one more update per path, before its first point, allocates AdamW's moments. `--plot`
+draws both sweeps.
 
     python -m benchmarks.update_at_length --out benchmarks/results/update_at_length.json --plot
     python -m benchmarks.update_at_length --device cuda --shape qwen2.5-1.5b --sweep length \\
@@ -61,15 +62,17 @@ PATHS = [
 ]
 
 
-def response_lengths(tokens: int, length: int) -> list[int]:
-    """Response lengths that sum to exactly `tokens`, the longest exactly `length`: L, L/4, 3L/4, L/2 over
-    and over (a spread like a long-task batch's), the last one cut to fit."""
-    if tokens < length:
-        raise ValueError(f"tokens per step ({tokens}) must be at least the response limit ({length})")
+def response_lengths(tokens: int, length: int, prompt_tokens: int = 0) -> list[int]:
+    """Response lengths whose tokens, with `prompt_tokens` more for each response, sum to `tokens` (short of
+    it by at most one prompt), the longest exactly `length`: L, L/4, 3L/4, L/2 over and over (a spread
+    like a long-task batch's), the last one cut to fit."""
+    if tokens < length + prompt_tokens:
+        raise ValueError(f"tokens per step ({tokens}) must hold one response at the limit ({length})")
     cycle = [length, max(1, length // 4), max(1, 3 * length // 4), max(1, length // 2)]
-    lengths = []
-    while sum(lengths) < tokens:
-        lengths.append(min(cycle[len(lengths) % 4], tokens - sum(lengths)))
+    lengths, total = [], 0
+    while tokens - total > prompt_tokens:
+        lengths.append(min(cycle[len(lengths) % 4], tokens - total - prompt_tokens))
+        total += prompt_tokens + lengths[-1]
     return lengths
 
 
@@ -113,7 +116,9 @@ def measure_point(model, optimizer, batch, fused: bool, repeats: int, warm_up: b
 
     if warm_up:  # AdamW's moments exist before the first peak, as they do before every later one
         update()
+    tick = time.perf_counter()
     peak = peak_memory_bytes(update, device)
+    peak_call_s = time.perf_counter() - tick  # with the peak's gc and heap trim: --repeats 0 only
     row = {"peak_bytes": peak}
     if device.type == "cuda":  # the whole update: weights, gradients and AdamW state included
         row["peak_total_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -124,7 +129,7 @@ def measure_point(model, optimizer, batch, fused: bool, repeats: int, warm_up: b
         update()
         sync()
         times.append(time.perf_counter() - tick)
-    return {"seconds": statistics.median(times), **row}
+    return {"seconds": statistics.median(times) if times else peak_call_s, "timed_calls": len(times), **row}
 
 
 def run_path(args, path: str, points: list[tuple[str, int, int]]) -> list[dict]:
@@ -136,7 +141,9 @@ def run_path(args, path: str, points: list[tuple[str, int, int]]) -> list[dict]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
     rows = []
     for i, (sweep, length, tokens) in enumerate(points):
-        lengths = response_lengths(tokens, length)
+        # The length sweep fixes the tokens of a step (prompts and responses, what loss.micro_batch_tokens
+        # counts); the tokens sweep doubles the response tokens, the prompts growing with them.
+        lengths = response_lengths(tokens, length, PROMPT_TOKENS if sweep == "length" else 0)
         batch = make_batch(lengths, model.config.vocab_size, layout == "packed")
         row = {
             "shape": args.shape,
@@ -145,6 +152,7 @@ def run_path(args, path: str, points: list[tuple[str, int, int]]) -> list[dict]:
             "path": path,
             "length": length,
             "tokens": sum(lengths),
+            "step_tokens": sum(lengths) + PROMPT_TOKENS * len(lengths),  # with the prompts, no padding
             "responses": len(lengths),
             "forward_tokens": batch.input_ids.numel(),
         }

@@ -4,9 +4,9 @@
 
 Length sweep: the spread of each path's peak memory over the limits (max / min): the fused head's promise
 is that memory follows the tokens of a step, not their length. Tokens sweep: a least-squares line through
-each path's peaks, peak = intercept + slope x tokens, with the slope in KiB per token, the largest residual
-as a share of the peak, and the slope over V x 4 bytes (what fp32 logits of the head alone would add per
-token; V from the rows).
+each path's peaks, peak = intercept + slope x the step's tokens (prompts and responses, no padding), with
+the slope in KiB per token, the largest residual as a share of the peak, and the slope over V x 4 bytes
+(what fp32 logits of the head alone would add per token; V from the rows).
 """
 
 import argparse
@@ -62,7 +62,8 @@ def tokens_summary(rows: list[dict]) -> list[dict]:
         points = _rows(rows, "tokens", path)
         if len(points) < 3:
             continue
-        intercept, slope, worst = linear_fit([p["tokens"] for p in points], [p["peak_bytes"] for p in points])
+        steps = [p["step_tokens"] for p in points]
+        intercept, slope, worst = linear_fit(steps, [p["peak_bytes"] for p in points])
         summary.append(
             {
                 "path": path,
@@ -79,7 +80,9 @@ def tokens_summary(rows: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     lengths = sorted({r["length"] for r in rows if r["sweep"] == "length"})
-    tokens = sorted({r["tokens"] for r in rows if r["sweep"] == "tokens"})
+    tokens = sorted(
+        {r["step_tokens"] for r in rows if r["sweep"] == "tokens" and r["path"] == rows[0]["path"]}
+    )
     lines = [f"Length sweep (L = {', '.join(map(str, lengths))}): peak MiB, spread, seconds", ""]
     lines += ["| path | peak MiB | max / min | s per update |", "|---|---|---|---|"]
     for s in length_summary(rows):
@@ -103,7 +106,7 @@ def plot(rows: list[dict], out: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     for col, (sweep, x_key, x_label) in enumerate(
-        (("length", "length", "response limit L (tokens)"), ("tokens", "tokens", "tokens per step"))
+        (("length", "length", "response limit L (tokens)"), ("tokens", "step_tokens", "tokens per step"))
     ):
         for path in paths_of(rows):
             points = _rows(rows, sweep, path)
