@@ -18,7 +18,7 @@ the whole peak), then --repeats timed updates (median; 0: the peak's own update,
 times the point); one more update per path, before its first point, allocates AdamW's moments. `--plot`
 draws both sweeps.
 
-    python -m benchmarks.update_at_length --out benchmarks/results/update_at_length.json --plot
+    python -m benchmarks.update_at_length --out docs/perf/update_at_length.json --plot
     python -m benchmarks.update_at_length --device cuda --shape qwen2.5-1.5b --sweep length \\
         --lengths 8192 16384 --tokens 32768 --paths packed-fused-ckpt --repeats 1   # gpu_check.sh's
 """

@@ -1,6 +1,6 @@
 """Tables, slopes and the plot of benchmarks/update_at_length.py's rows.
 
-    python -m benchmarks.update_at_length_report benchmarks/results/update_at_length.json [--plot]
+    python -m benchmarks.update_at_length_report docs/perf/update_at_length.json [--plot]
 
 Length sweep: the spread of each path's peak memory over the limits (max / min): the fused head's promise
 is that memory follows the tokens of a step, not their length. Tokens sweep: a least-squares line through
@@ -114,9 +114,11 @@ def plot(rows: list[dict], out: Path) -> None:
             xs = [p[x_key] for p in points]
             axes[0, col].plot(xs, [p["seconds"] for p in points], **style)
             axes[1, col].plot(xs, [p["peak_bytes"] / MIB for p in points], **style)
+        ticks = sorted({r[x_key] for r in rows if r["sweep"] == sweep})
         for row, y_label in enumerate(("seconds per update", "peak memory (MiB)")):
             axes[row, col].set(xscale="log", yscale="log", xlabel=x_label, ylabel=y_label)
-            axes[row, col].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axes[row, col].set_xticks(ticks, [str(t) for t in ticks])
+            axes[row, col].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"One GRPO update at length: {rows[0]['shape']}, V = {rows[0]['vocab_size']}")
     fig.savefig(out, dpi=110)
