@@ -96,19 +96,13 @@ class Replay:
 
 
 def timed_forward(backend: HFRolloutBackend, input_ids, attention_mask, position_ids, cache, sync):
-    """The model call of ``HFRolloutBackend._forward`` (the same arguments), timed alone; its last logits."""
+    """``HFRolloutBackend._forward`` (the loop's own model call and its finiteness check), timed alone;
+    its last logits."""
     sync()
     start = time.perf_counter()
-    output = backend.model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        logits_to_keep=1,
-        **{backend._cache_argument: cache},
-    )
+    logits = backend._forward(input_ids, attention_mask, position_ids, cache)
     sync()
-    return time.perf_counter() - start, output.logits[:, -1].float()
+    return time.perf_counter() - start, logits
 
 
 def padded(rows: list[list], value, device: torch.device) -> torch.Tensor:
