@@ -7,7 +7,7 @@ Two measurements, each reported as a ratio (benchmarks never assert on time):
   model=tiny_long`` finds it, to prompts of its training pool encoded as the trainer encodes them); that
   call is T_loop. The bound replays the same batch with the sampled tokens forced: one prefill, then one
   decode forward per step over exactly the rows still active then (rows leave at their sampled lengths,
-  their cache rows dropped the same way), with the arguments ``_forward`` passes. Only the model calls
+  their cache rows dropped the same way), each through the loop's own ``_forward``. Only those calls
   are timed; their sum is the bound, so bound / T_loop is the share of the loop spent in the model (the
   rest: drawing, bookkeeping, dropping rows). The replay also recomputes each sampled token's log-prob at
   the sampling temperature, which must equal the loop's (the same computation).
