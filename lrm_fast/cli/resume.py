@@ -3,9 +3,10 @@
 `lrm-fast-train trainer.resume=RUN` continues with RUN/config.yaml, the configuration the run started
 with (its command-line overrides included), not with today's defaults. An override given with the resume
 is compared with that configuration: equal is fine; a different value is accepted only for the keys of
-MUTABLE_ON_RESUME (how long to train, how often to checkpoint and evaluate, what to show), and recorded in
-RUN/resumes.jsonl; any other difference is refused before anything is written, because a run whose
-learning rate, group size, regime or loss changed half-way is not the run its metrics describe.
+MUTABLE_ON_RESUME (how long to train, how often to checkpoint and evaluate, what to show, how many CPU
+threads), and recorded in RUN/resumes.jsonl; any other difference is refused before anything is written,
+because a run whose learning rate, group size, regime or loss changed half-way is not the run its
+metrics describe.
 Keys that later versions add are refused too: only this list may change.
 """
 
@@ -19,7 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrm_fast.config import TrainConfig
 
-MUTABLE_ON_RESUME = ("trainer.steps", "trainer.checkpoint_every", "trainer.progress_bar", "eval.every")
+# How long, how often and what to show, and how many CPU threads: a killed run continued on a machine with
+# other cores may set its threads anew (they change the order of float sums, not what is trained).
+MUTABLE_ON_RESUME = (
+    "trainer.steps",
+    "trainer.checkpoint_every",
+    "trainer.progress_bar",
+    "eval.every",
+    "trainer.num_threads",
+    "trainer.update_threads",
+)
 HISTORY = "resumes.jsonl"
 
 

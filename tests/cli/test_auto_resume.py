@@ -36,6 +36,19 @@ def test_a_started_run_is_continued_and_a_finished_one_kept(finished):
     assert finished_run("t", _launch(None, trainer__steps=4), finished) is None  # without auto
 
 
+def test_a_finished_run_launched_again_with_other_cpu_threads_is_kept(finished):
+    # A sweep restarted on fewer cores, or two sweeps sharing them, sets the thread counts anew.
+    (finished / "summary.json").write_text(json.dumps({"steps": 4}))
+    launch = _launch(trainer__steps=4, trainer__num_threads=1, trainer__update_threads=1)
+    assert finished_run("t", launch, finished) == {"steps": 4}
+
+
+def test_a_resume_records_new_thread_counts_and_applies_them(finished):
+    merged, changes = resume.resumed_config(_launch(trainer__steps=4, trainer__num_threads=1), finished)
+    assert changes == {"trainer.num_threads": [0, 1]}
+    assert merged.trainer.num_threads == 1 and merged.trainer.update_threads == 0
+
+
 def test_a_finished_run_asked_for_other_steps_is_continued(finished):
     (finished / "summary.json").write_text(json.dumps({"steps": 4}))
     assert finished_run("t", _launch(trainer__steps=6), finished) is None
