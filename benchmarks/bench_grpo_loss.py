@@ -8,6 +8,10 @@ sequence of up to 1024 tokens. Liger-Kernel's logits-level loss (`triton_grpo_lo
 semantics with loss_type="bnpo" (sum over tokens / number of tokens) and inplace=False like ours; it takes
 [B, L + 1, V] logits (the last position of each sequence is dropped), so it reads B extra rows.
 
+test_grpo_loss_objective times our own backends under each policy objective side by side (providers
+"torch-clipped", "torch-cispo", ...): CISPO changes only the O(N) per-token coefficients, so its time and
+memory are to stay within 10% of the clipped loss's (`python -m benchmarks.report --versus torch-clipped`).
+
 Floor: forward reads the [N, V] logits once; backward reads them and writes the gradient. Our Triton
 and chunked torch backends compute the gradient in the forward (two reads and one write there) and only
 scale it in the backward, so their forward and backward split differently from the floor's.
@@ -18,7 +22,9 @@ import pytest
 from lrm_fast.kernels import grpo_loss, reference
 
 from .cases import (
+    LOGITS_PRESETS,
     LogitsInputs,
+    case_marks,
     compiled_reference,
     logits_cases,
     logits_floor_bytes,
@@ -69,6 +75,42 @@ def _liger_forward(inputs: LogitsInputs):
         return loss
 
     return forward, logits
+
+
+OBJECTIVES = ("clipped", "cispo")
+# Our backends only: the torch backend on CPU, the Triton kernel (interpreted on CPU) wherever a preset
+# has it.
+OBJECTIVE_CASES = [
+    pytest.param(
+        preset,
+        provider,
+        objective,
+        id=f"{preset.name}-{provider}-{objective}",
+        marks=case_marks(preset, provider),
+    )
+    for preset in LOGITS_PRESETS
+    for provider in preset.providers
+    if provider == "triton" or (provider == "torch" and preset.device == "cpu")
+    for objective in OBJECTIVES
+]
+
+
+@pytest.mark.parametrize(("preset", "provider", "objective"), OBJECTIVE_CASES)
+def test_grpo_loss_objective(benchmark, results, preset, provider, objective):
+    inputs = make_logits_inputs(preset)
+    args = (inputs.logits, inputs.targets, inputs.old_logprobs, inputs.advantages, inputs.weights)
+    options = dict(OPTIONS, objective=objective)
+
+    def forward():
+        return grpo_loss(*args, backend=provider, **options)[0]
+
+    setup, target = mode_calls(
+        "full", forward=forward, backward=lambda loss: loss.backward(), leaf=inputs.logits
+    )
+    measure(
+        benchmark, results, op="grpo_loss", preset=preset, provider=f"{provider}-{objective}", mode="full",
+        setup=setup, target=target, floor_bytes=logits_floor_bytes(preset, "full"),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("preset", "provider", "mode"), logits_cases())

@@ -1,10 +1,14 @@
 """group_advantages: GRPO's group-relative advantage and the zero-variance flag of each sequence.
 
-For a group g of G consecutive sequences with rewards r:
+For a group g of G consecutive sequences with rewards r, the baseline b_i and the scale:
 
-    A_i = (r_i - mean_g(r)) / (std_g(r) + eps)     scale="std", unbiased std (n - 1)
-    A_i =  r_i - mean_g(r)                         scale="none" (Dr. GRPO)
-    zero_variance_i = all rewards of g are equal;  then A_i = 0 exactly (also for a group of 1)
+    b_i = mean_g(r)                                baseline="mean" (GRPO)
+    b_i = mean_{j in g, j != i} r_j                baseline="leave_one_out" (RLOO, arXiv 2402.14740)
+        = mean_g(r) - (r_i - mean_g(r)) / (G - 1), so r_i - b_i = G / (G - 1) * (r_i - mean_g(r))
+    A_i = (r_i - b_i) / (std_g(r) + eps)           scale="std", unbiased std (n - 1)
+    A_i =  r_i - b_i                               scale="none" (Dr. GRPO; RLOO)
+    zero_variance_i = all rewards of g are equal;  then A_i = 0 exactly (also for a group of 1, which
+                                                   has no leave-one-out baseline)
 
 One program normalises a tile of groups held in registers: reads S rewards, writes S fp32 + S bytes.
 Advantages are constants of the policy gradient (rewards come from a verifier), so the result carries
@@ -36,6 +40,7 @@ def _group_advantages_kernel(
     GROUP_PAD: tl.constexpr,
     BLOCK_GROUPS: tl.constexpr,
     SCALE_STD: tl.constexpr,
+    LEAVE_ONE_OUT: tl.constexpr,
 ):
     g = tl.program_id(0) * BLOCK_GROUPS + tl.arange(0, BLOCK_GROUPS)[:, None]
     j = tl.arange(0, GROUP_PAD)[None, :]
@@ -49,15 +54,19 @@ def _group_advantages_kernel(
         tl.where(mask, r, float("inf")), axis=1
     )
     advantages = centered
+    if LEAVE_ONE_OUT:
+        advantages = centered * (GROUP / DOF)
     if SCALE_STD:
         var = tl.sum(centered * centered, axis=1) / DOF
-        advantages = centered / (tl.sqrt(var)[:, None] + eps)
+        advantages = advantages / (tl.sqrt(var)[:, None] + eps)
     advantages = tl.where(zero_variance[:, None], 0.0, advantages)
     tl.store(advantages_ptr + offs, advantages, mask=mask)
     tl.store(zero_variance_ptr + offs, (zero_variance[:, None] & mask).to(tl.int8), mask=mask)
 
 
-def group_advantages_fwd(rewards: torch.Tensor, group_size: int, scale: str, eps: float) -> GroupAdvantages:
+def group_advantages_fwd(
+    rewards: torch.Tensor, group_size: int, scale: str, eps: float, baseline: str
+) -> GroupAdvantages:
     advantages = torch.empty(rewards.shape[0], dtype=torch.float32, device=rewards.device)
     zero_variance = torch.empty(rewards.shape[0], dtype=torch.int8, device=rewards.device)
     num_groups = rewards.shape[0] // group_size
@@ -75,6 +84,7 @@ def group_advantages_fwd(rewards: torch.Tensor, group_size: int, scale: str, eps
             GROUP_PAD=group_pad,
             BLOCK_GROUPS=block_groups,
             SCALE_STD=scale == "std",
+            LEAVE_ONE_OUT=baseline == "leave_one_out",
         )
     return GroupAdvantages(advantages, zero_variance.view(torch.bool))
 
@@ -85,6 +95,7 @@ def group_advantages(
     group_size: int,
     scale: str = "std",
     eps: float = 1e-6,
+    baseline: str = "mean",
     backend: str = "auto",
 ) -> GroupAdvantages:
     """Group-relative advantages of S sequences in S / group_size consecutive groups.
@@ -94,6 +105,7 @@ def group_advantages(
         group_size: G, responses per prompt; S must be a multiple of it.
         scale: "std" (GRPO) or "none" (Dr. GRPO: centring only).
         eps: added to the std, as in the study's code (1e-6).
+        baseline: "mean" (GRPO: the group's mean) or "leave_one_out" (RLOO: the mean of the others).
         backend: "auto" (triton for CUDA tensors, torch otherwise), "triton" or "torch".
 
     Returns:
@@ -112,9 +124,13 @@ def group_advantages(
         raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
+    if baseline not in reference.BASELINES:
+        raise ValueError(f"baseline must be one of {reference.BASELINES}, got {baseline!r}")
     rewards = rewards.detach()
     if backend == "torch":
-        return reference.group_advantages(rewards, group_size=group_size, scale=scale, eps=eps)
+        return reference.group_advantages(
+            rewards, group_size=group_size, scale=scale, eps=eps, baseline=baseline
+        )
     if not rewards.dtype.is_floating_point:
         rewards = rewards.float()
-    return group_advantages_fwd(rewards.contiguous(), group_size, scale, eps)
+    return group_advantages_fwd(rewards.contiguous(), group_size, scale, eps, baseline)

@@ -122,6 +122,7 @@ def grpo_loss_from_hidden(
     weights: torch.Tensor,
     *,
     temperature: float = 1.0,
+    objective: str = "clipped",
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
@@ -139,7 +140,7 @@ def grpo_loss_from_hidden(
         hidden: [N, H] final hidden states (after the last norm) at the positions that predict the
             targets; fp32 / bf16 / fp16 (fp64 on the torch backend).
         weight: [V, H] the LM head's weight (for tied embeddings, the embedding matrix), hidden's dtype.
-        targets, old_logprobs, advantages, weights, temperature, clip_low, clip_high, dual_clip,
+        targets, old_logprobs, advantages, weights, temperature, objective, clip_low, clip_high, dual_clip,
         positive_weight, negative_weight, ref_logprobs, kl_coef, entropy_coef: as in `grpo_loss`.
         chunk_size: kept tokens per chunk (one chunk of [chunk_size, V] logits exists at a time); None
             picks about 4M logits on the torch backend and 128M on triton.
@@ -159,6 +160,7 @@ def grpo_loss_from_hidden(
         check_vector(name, vector, hidden, against="hidden")
     options = LossOptions(
         temperature=temperature,
+        objective=objective,
         clip_low=clip_low,
         clip_high=clip_high,
         dual_clip=dual_clip,

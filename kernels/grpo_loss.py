@@ -3,8 +3,9 @@
 Per token t, with z = logits / T, logp_t = log softmax(z_t)[target_t] and the ratio
 rho = exp(clamp(logp - old, +-20)):
 
-    pg_t    = max(-A_t * rho, -A_t * clip(rho, 1 - clip_low, 1 + clip_high))
+    pg_t    = max(-A_t * rho, -A_t * clip(rho, 1 - clip_low, 1 + clip_high))       objective="clipped"
               capped at -A_t * dual_clip when A_t < 0 and dual_clip is set
+    pg_t    = -sg(clip(rho, 1 - clip_low, 1 + clip_high)) * A_t * logp_t          objective="cispo"
     total_t = s_t * (pg_t + kl_coef * k3(ref_t, logp_t) - entropy_coef * H_t)
     loss    = sum_t weights_t * total_t
 
@@ -99,6 +100,7 @@ def grpo_loss(
     weights: torch.Tensor,
     *,
     temperature: float = 1.0,
+    objective: str = "clipped",
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
@@ -121,8 +123,11 @@ def grpo_loss(
         weights: [N] fp32 aggregation weights: mask times the global normaliser (1 / total tokens for a
             token-mean), so micro-batch losses add up to the whole-batch loss.
         temperature: the sampler's temperature; applies to the log-probs and the entropy.
-        clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high].
-        dual_clip: c > 1 caps the loss of tokens with A < 0 at -A * c (None: off).
+        objective: "clipped" (PPO's clipped ratio) or "cispo" (-sg(clip(ratio)) * A * logp: the clipped,
+            detached ratio weighs the log-prob, so every token keeps a gradient; MiniMax-M1).
+        clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high] (clip_low < 1; with
+            "cispo" up to 1, no lower bound).
+        dual_clip: c > 1 caps the loss of tokens with A < 0 at -A * c (None: off; "clipped" only).
         positive_weight, negative_weight: scale the whole loss of tokens with A > 0 / A < 0.
         ref_logprobs, kl_coef: k3 KL penalty to a reference policy (ref_logprobs required if kl_coef > 0).
         entropy_coef: entropy bonus (subtracted from the loss).
@@ -139,6 +144,7 @@ def grpo_loss(
     _check_inputs(logits, targets, old_logprobs, advantages, weights, ref_logprobs, backend)
     options = LossOptions(
         temperature=temperature,
+        objective=objective,
         clip_low=clip_low,
         clip_high=clip_high,
         dual_clip=dual_clip,

@@ -1,9 +1,9 @@
 """Per-token GRPO terms with their analytic gradients, shared by the Triton and the chunked torch backends.
 
 Everything here is O(N): once a backend knows each token's log-prob `logp` and entropy `entropy` (one
-pass over V), the clipped policy loss, dual clip, k3 KL, entropy bonus, sign masking and aggregation
-weights reduce to elementwise math on [N] vectors. The backend then writes the logits gradient in a second
-pass over V from two coefficients per token:
+pass over V), the policy loss (PPO's clipped ratio with its dual clip, or CISPO's clipped weight), k3 KL,
+entropy bonus, sign masking and aggregation weights reduce to elementwise math on [N] vectors. The
+backend then writes the logits gradient in a second pass over V from two coefficients per token:
 
     dL/dz_j = dlogp * (1[j == target] - p_j) - dentropy * p_j * (log p_j + H),   z = logits / T
 
@@ -25,6 +25,10 @@ from .checks import check_positive
 from .reference import KL_CLAMP, KL_LOG_RATIO_CLAMP, LOG_RATIO_CLAMP
 
 STAT_NAMES = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy", "kept_tokens")
+# The policy loss of each token, with rho = exp(logp - old) and the bounds [1 - clip_low, 1 + clip_high]:
+#   clipped  max(-A rho, -A clip(rho)): PPO's, whose gradient is 0 where the clip binds
+#   cispo    -sg(clip(rho)) A logp: CISPO's (MiniMax-M1, arXiv 2506.13585), every token keeps its gradient
+OBJECTIVES = ("clipped", "cispo")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,6 +40,7 @@ class LossOptions:
     """
 
     temperature: float
+    objective: str
     clip_low: float
     clip_high: float
     dual_clip: float | None
@@ -46,15 +51,21 @@ class LossOptions:
 
     def __post_init__(self):
         check_positive("temperature", self.temperature)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         for name in ("clip_low", "clip_high", "kl_coef"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.clip_low >= 1:
+        if self.objective == "clipped" and self.clip_low >= 1:
             raise ValueError(
                 f"clip_low must be < 1 (the ratio's lower bound is 1 - clip_low), got {self.clip_low}"
             )
+        if self.objective == "cispo" and self.clip_low > 1:  # 1: no lower bound, as CISPO's paper runs
+            raise ValueError(f"clip_low must be <= 1 with objective='cispo', got {self.clip_low}")
         if self.dual_clip is not None and not self.dual_clip > 1:
             raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
+        if self.dual_clip is not None and self.objective == "cispo":
+            raise ValueError("dual_clip caps PPO's clipped loss; objective='cispo' has none (set it None)")
         for name in ("positive_weight", "negative_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0 (0 drops those tokens), got {getattr(self, name)}")
@@ -62,7 +73,7 @@ class LossOptions:
         # floats, and torch.compile specialises on them as constants instead of tracing tensors.
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is not None:
+            if value is not None and field.name != "objective":
                 object.__setattr__(self, field.name, float(value))
 
 
@@ -90,7 +101,8 @@ def policy_terms(
     A = advantages.to(dtype)
     w = weights.to(dtype)
     old = logp if old_logprobs is None else old_logprobs.to(dtype)
-    pg, dpg, ratio, log_ratio, is_clipped, is_dual_clipped = _clipped_policy_loss(A, logp, old, options)
+    policy_loss = _cispo_policy_loss if options.objective == "cispo" else _clipped_policy_loss
+    pg, dpg, ratio, log_ratio, is_clipped, is_dual_clipped = policy_loss(A, logp, old, options)
 
     total, dtotal = pg, dpg
     kl = torch.zeros_like(pg)
@@ -145,6 +157,18 @@ def _clipped_policy_loss(A, logp, old, options: LossOptions):
         pg = torch.where(is_dual_clipped, cap, pg)
         dpg = torch.where(is_dual_clipped, 0.0, dpg)
     return pg, dpg, ratio, log_ratio, is_clipped, is_dual_clipped
+
+
+def _cispo_policy_loss(A, logp, old, options: LossOptions):
+    """Per token: CISPO's loss -sg(clip(rho)) * A * logp and its d/dlogp, -clip(rho) * A (the weight is
+    detached, so a clipped token keeps its gradient, scaled), the ratio and its log, and the clip flag
+    (the weight strictly outside its bounds; there is no dual clip)."""
+    log_ratio = (logp - old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    low, high = 1 - options.clip_low, 1 + options.clip_high
+    weight = ratio.clamp(low, high)
+    is_clipped = (ratio < low) | (ratio > high)
+    return -A * weight * logp, -A * weight, ratio, log_ratio, is_clipped, torch.zeros_like(is_clipped)
 
 
 def _k3_kl(ref_logp: torch.Tensor, logp: torch.Tensor):

@@ -22,6 +22,10 @@ KL_LOG_RATIO_CLAMP = 20.0
 KL_CLAMP = 10.0
 
 
+# The group baselines of group_advantages: GRPO's group mean, RLOO's mean of the group's other responses.
+BASELINES = ("mean", "leave_one_out")
+
+
 class GroupAdvantages(NamedTuple):
     advantages: torch.Tensor  # [S] fp32
     zero_variance: torch.Tensor  # [S] bool: every reward of the sequence's group is equal
@@ -48,10 +52,17 @@ def group_advantages(
     group_size: int,
     scale: str = "std",
     eps: float = 1e-6,
+    baseline: str = "mean",
 ) -> GroupAdvantages:
     r = rewards.to(torch.float64).view(-1, group_size)  # [S / G, G]
     zero_variance = (r == r[:, :1]).all(dim=1, keepdim=True).expand_as(r)  # [S / G, G]
-    centered = r - r.mean(dim=1, keepdim=True)
+    if baseline == "mean":
+        centered = r - r.mean(dim=1, keepdim=True)
+    elif baseline == "leave_one_out":  # the mean of the G - 1 others (a group of one has none: A = 0)
+        others = (r.sum(dim=1, keepdim=True) - r) / max(group_size - 1, 1)
+        centered = r - others
+    else:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     if scale == "std":
         std = r.std(dim=1, keepdim=True) if group_size > 1 and r.numel() else torch.zeros_like(r[:, :1])
         centered = centered / (std + eps)
@@ -70,6 +81,7 @@ def grpo_loss(
     weights: torch.Tensor,  # [N] aggregation weights (mask / global normaliser)
     *,
     temperature: float = 1.0,
+    objective: str = "clipped",
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
@@ -92,10 +104,14 @@ def grpo_loss(
     old = logp.detach() if old_logprobs is None else old_logprobs.to(dtype)
     log_ratio = torch.clamp(logp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
-    pg_unclipped = -A * ratio
-    pg_clipped = -A * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
-    pg = torch.maximum(pg_unclipped, pg_clipped)
-    is_clipped = pg_clipped > pg_unclipped
+    if objective == "cispo":  # CISPO: the clipped ratio as a constant weight of -A * logp
+        pg = -A * torch.clamp(ratio, 1 - clip_low, 1 + clip_high).detach() * logp
+        is_clipped = (ratio < 1 - clip_low) | (ratio > 1 + clip_high)
+    else:
+        pg_unclipped = -A * ratio
+        pg_clipped = -A * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+        pg = torch.maximum(pg_unclipped, pg_clipped)
+        is_clipped = pg_clipped > pg_unclipped
     is_dual_clipped = torch.zeros_like(is_clipped)
     if dual_clip is not None:
         cap = -A * dual_clip

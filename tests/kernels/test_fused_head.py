@@ -17,6 +17,7 @@ OPTIONS = {
     "default": {},
     "sign_mask": {"positive_weight": 0.0, "negative_weight": 0.5},  # A > 0 tokens dropped before the head
     "on_policy": {"on_policy": True},
+    "cispo": {"objective": "cispo", "clip_low": 0.2, "clip_high": 0.1, "kl_coef": 0.05, "entropy_coef": 0.01},
     "all": {
         "temperature": 0.7,
         "clip_high": 0.28,

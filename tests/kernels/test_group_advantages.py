@@ -11,7 +11,8 @@ from lrm_fast.kernels import group_advantages, reference
 @pytest.mark.parametrize("group_size", [1, 2, 5, 8, 16], ids=lambda g: f"G{g}")
 @pytest.mark.parametrize("scale", ["std", "none"])
 @pytest.mark.parametrize("rewards_kind", ["binary", "continuous"])
-def test_group_advantages_match_reference(backend, group_size, scale, rewards_kind):
+@pytest.mark.parametrize("baseline", ["mean", "leave_one_out"])
+def test_group_advantages_match_reference(backend, group_size, scale, rewards_kind, baseline):
     g = torch.Generator().manual_seed(group_size)
     num_groups = 37  # not a multiple of the kernel's tile of groups
     if rewards_kind == "binary":
@@ -20,8 +21,9 @@ def test_group_advantages_match_reference(backend, group_size, scale, rewards_ki
         rewards = torch.randint(0, 2, (num_groups * group_size,), generator=g) * (
             1 + torch.rand(num_groups * group_size, generator=g)
         )
-    out = group_advantages(rewards, group_size=group_size, scale=scale, backend=backend)
-    expected = reference.group_advantages(rewards.double(), group_size=group_size, scale=scale)
+    kwargs = dict(group_size=group_size, scale=scale, baseline=baseline)
+    out = group_advantages(rewards, backend=backend, **kwargs)
+    expected = reference.group_advantages(rewards.double(), **kwargs)
     assert out.advantages.dtype == torch.float32 and out.zero_variance.dtype == torch.bool
     torch.testing.assert_close(out.advantages, expected.advantages, rtol=1e-5, atol=1e-6)
     assert torch.equal(out.zero_variance, expected.zero_variance)
@@ -43,17 +45,45 @@ def test_hand_computed_group(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_zero_variance_groups_are_exactly_zero(backend):
+@pytest.mark.parametrize("scale", ["std", "none"])
+def test_leave_one_out_against_the_hand_formula(backend, scale):
+    """RLOO: each response against the mean of the group's other G - 1, in float64 by a loop."""
+    g = torch.Generator().manual_seed(3)
+    rewards = torch.rand(6 * 5, generator=g, dtype=torch.float64).round(decimals=1)
+    out = group_advantages(
+        rewards.float(), group_size=5, scale=scale, baseline="leave_one_out", backend=backend
+    )
+    expected = []
+    for group in rewards.view(6, 5).tolist():
+        std = torch.tensor(group, dtype=torch.float64).std().item()
+        for i, r_i in enumerate(group):
+            others = group[:i] + group[i + 1 :]
+            advantage = r_i - sum(others) / len(others)
+            expected.append(advantage / (std + 1e-6) if scale == "std" else advantage)
+    expected = torch.tensor(expected, dtype=torch.float64)
+    expected[out.zero_variance] = 0.0
+    torch.testing.assert_close(out.advantages.double(), expected, rtol=1e-5, atol=1e-6)
+    # (1, 0, 0, 0): 1 - 0 = 1 for the correct one, 0 - 1/3 for each wrong one.
+    hand = group_advantages(
+        torch.tensor([1.0, 0, 0, 0]), group_size=4, scale="none", baseline="leave_one_out", backend=backend
+    )
+    torch.testing.assert_close(hand.advantages, torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("baseline", ["mean", "leave_one_out"])
+def test_zero_variance_groups_are_exactly_zero(backend, baseline):
     # 0.1 repeated: its float mean is not exactly 0.1, which must not leak a tiny advantage.
     rewards = torch.tensor([0.1] * 8 + [1.0] * 8 + [0.0] * 8 + [1.0] + [0.0] * 7)
-    out = group_advantages(rewards, group_size=8, backend=backend)
+    out = group_advantages(rewards, group_size=8, baseline=baseline, backend=backend)
     assert torch.equal(out.zero_variance, torch.tensor([True] * 24 + [False] * 8))
     assert torch.all(out.advantages[:24] == 0) and torch.isfinite(out.advantages).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_group_of_one_gives_zero(backend):
-    out = group_advantages(torch.tensor([1.0, 0.0, 0.5]), group_size=1, backend=backend)
+@pytest.mark.parametrize("baseline", ["mean", "leave_one_out"])
+def test_group_of_one_gives_zero(backend, baseline):
+    out = group_advantages(torch.tensor([1.0, 0.0, 0.5]), group_size=1, baseline=baseline, backend=backend)
     assert torch.all(out.advantages == 0) and torch.all(out.zero_variance)
 
 

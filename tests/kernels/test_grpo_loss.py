@@ -17,6 +17,16 @@ OPTIONS = {
     "kl_entropy": {"kl_coef": 0.05, "entropy_coef": 0.01},
     "on_policy": {"on_policy": True},
     "temperature": {"temperature": 0.6},
+    "cispo": {"objective": "cispo", "clip_low": 1.0, "clip_high": 0.28},  # no lower bound, as MiniMax-M1
+    "cispo_all": {
+        "objective": "cispo",
+        "temperature": 0.7,
+        "clip_low": 0.2,
+        "clip_high": 0.1,
+        "negative_weight": 0.5,
+        "kl_coef": 0.05,
+        "entropy_coef": 0.01,
+    },
     "all": {
         "temperature": 0.7,
         "clip_high": 0.28,

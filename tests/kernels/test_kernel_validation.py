@@ -92,8 +92,9 @@ def test_token_logprobs_rejects_bad_input(backend):
         (torch.ones(8), {"group_size": 0}, "group_size must be a positive integer"),
         (torch.ones(8), {"group_size": 4, "scale": "mad"}, "scale must be 'std' or 'none'"),
         (torch.ones(8), {"group_size": 4, "eps": -1.0}, "eps must be >= 0"),
+        (torch.ones(8), {"group_size": 4, "baseline": "median"}, "baseline must be one of"),
     ],
-    ids=["2d", "not_multiple", "group_size_zero", "unknown_scale", "negative_eps"],
+    ids=["2d", "not_multiple", "group_size_zero", "unknown_scale", "negative_eps", "unknown_baseline"],
 )
 def test_group_advantages_rejects_bad_input(backend, rewards, options, message):
     with pytest.raises(ValueError, match=message):
@@ -103,6 +104,7 @@ def test_group_advantages_rejects_bad_input(backend, rewards, options, message):
 # grpo_loss's defaults: LossOptions has none of its own.
 VALID_OPTIONS = dict(
     temperature=1.0,
+    objective="clipped",
     clip_low=0.2,
     clip_high=0.2,
     dual_clip=None,
@@ -123,6 +125,7 @@ BAD_OPTION_VALUES = {
     "positive_weight_negative": ("positive_weight", -0.5, "positive_weight must be >= 0"),
     "negative_weight_nan": ("negative_weight", float("nan"), "negative_weight must be >= 0"),
     "kl_coef_negative": ("kl_coef", -0.01, "kl_coef must be >= 0"),
+    "objective_unknown": ("objective", "gspo_token", "objective must be one of"),
 }
 
 
