@@ -99,6 +99,14 @@ class MicroBatch:
     def packed(self) -> bool:
         return self.cu_seqlens is not None
 
+    def sequence_index(self) -> torch.Tensor:
+        """[N] int64 index of each response token's sequence: its row when padded, the packed sequence
+        whose span [cu_seqlens[i], cu_seqlens[i + 1]) holds its position when packed."""
+        if not self.packed:
+            return self.row.long()
+        starts = self.cu_seqlens.to(self.position.device, torch.int64)
+        return torch.searchsorted(starts, self.position.long(), right=True) - 1
+
 
 def sampler_logprobs(samples: list[Sample]) -> torch.Tensor:
     """[N] the rollout engine's log-prob of every response token, in the kernels' order (NaN for

@@ -1,7 +1,22 @@
 """Scored responses: group advantages and the aggregation weight of every response.
 
 A step's responses arrive grouped (G consecutive responses per prompt). Advantages always come from the
-full group. Each response then gets one aggregation weight, shared by its tokens, whose normaliser is
+full group (loss.advantage_estimator):
+
+    grpo          A_i = (r_i - mean_g r) / (std_g r + eps), or r_i - mean_g r (advantage_scale=none)
+    rloo          A_i = r_i - mean_{j in g, j != i} r_j                              (arXiv 2402.14740)
+    reinforce_pp  A_i = (r_i - mean_g r) / (std_B + eps)           (arXiv 2501.03262, "with baseline")
+
+REINFORCE++'s std_B is over the whole training batch (scale_by_batch_std): every rank's responses, after
+dynamic sampling has filled the batch and before the regime or the mini-batch split, computed in the
+trainer (also under asynchronous rollouts, whose process only centres the groups). It counts responses,
+not tokens, as ms-swift's reinforce_plus_plus does (verl and OpenRLHF whiten over tokens instead, and
+also subtract the token mean, which gives zero-advantage responses an advantage): each response's
+advantage as it enters the update, zero-variance groups' and masked truncated responses' zeros included,
+responses removed by overlong filtering left out. The batch mean of group-centred advantages is 0, so the
+paper's mean subtraction is left out and a zero advantage stays exactly 0.
+
+Each response then gets one aggregation weight, shared by its tokens, whose normaliser is
 global: computed over the whole mini-batch (the whole batch with one optimizer step per rollout batch) on
 every rank before the micro-batch loop, so that the sum of the micro-batch losses over all ranks equals
 the loss of the whole mini-batch at once.
@@ -36,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lrm_fast.config.choices import AdvantageScale, Aggregation
+from lrm_fast.config.choices import AdvantageEstimator, AdvantageScale, Aggregation
 from lrm_fast.kernels import group_advantages
 from lrm_fast.runtime import all_reduce
 
@@ -64,15 +79,46 @@ class Sample:
 
 
 def assign_advantages(
-    samples: list[Sample], group_size: int, scale: AdvantageScale, eps: float = 1e-6
+    samples: list[Sample],
+    group_size: int,
+    scale: AdvantageScale,
+    eps: float = 1e-6,
+    estimator: AdvantageEstimator = AdvantageEstimator.grpo,
 ) -> None:
-    """Group-relative advantages and zero-variance flags, written into the samples in place."""
+    """Group-relative advantages and zero-variance flags, written into the samples in place (REINFORCE++'s
+    group part: its batch scale is scale_by_batch_std's)."""
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-    result = group_advantages(rewards, group_size=group_size, scale=AdvantageScale(scale).value, eps=eps)
+    baseline = "leave_one_out" if AdvantageEstimator(estimator) == AdvantageEstimator.rloo else "mean"
+    result = group_advantages(
+        rewards, group_size=group_size, scale=AdvantageScale(scale).value, eps=eps, baseline=baseline
+    )
     for sample, advantage, zero_variance in zip(
         samples, result.advantages.tolist(), result.zero_variance.tolist(), strict=True
     ):
         sample.advantage, sample.zero_variance = advantage, zero_variance
+
+
+def batch_advantage_scale(samples: list[Sample], estimator: AdvantageEstimator) -> dict[str, float]:
+    """The estimator's scale over the whole batch, applied in place, as a step metric: REINFORCE++'s batch
+    std ({"advantage/batch_std": std}); nothing for the group estimators."""
+    if AdvantageEstimator(estimator) != AdvantageEstimator.reinforce_pp:
+        return {}
+    return {"advantage/batch_std": scale_by_batch_std(samples)}
+
+
+def scale_by_batch_std(samples: list[Sample], eps: float = 1e-6) -> float:
+    """REINFORCE++: every advantage divided by the batch's std of advantages (module docstring), over all
+    ranks' responses (unbiased; 0 for a batch of fewer than 2). Returns that std."""
+    advantages = [s.advantage for s in samples if not s.filtered]
+    moments = torch.tensor(
+        [len(advantages), sum(advantages), sum(a * a for a in advantages)], dtype=torch.float64
+    )
+    count, total, squares = all_reduce(moments).tolist()
+    variance = (squares - total * total / count) / (count - 1) if count > 1 else 0.0
+    std = max(variance, 0.0) ** 0.5
+    for s in samples:
+        s.advantage /= std + eps
+    return std
 
 
 # The aggregations whose weights depend on the cut into micro-batches (see the module docstring).

@@ -57,6 +57,33 @@ class AdvantageScale(Choice):
     none = "none"  # Dr. GRPO: r - mean
 
 
+class Objective(Choice):
+    """The policy loss of each token (lrm_fast/kernels/policy_terms.py)."""
+
+    clipped = "clipped"  # PPO's clipped ratio: max(-A rho, -A clip(rho))
+    cispo = "cispo"  # CISPO (arXiv 2506.13585): -sg(clip(rho)) A logp, every token keeps a gradient
+
+
+class CorrectionLevel(Choice):
+    """Which trainer / sampler ratio weighs a token (lrm_fast/training/sampler_correction.py)."""
+
+    token = "token"  # its own
+    sequence = "sequence"  # its sequence's geometric mean
+
+
+class CorrectionMode(Choice):
+    truncate = "truncate"  # min(ratio, tis_cap): truncated importance sampling
+    mask = "mask"  # the ratio inside [correction_low, tis_cap], 0 outside: masked importance sampling
+
+
+class AdvantageEstimator(Choice):
+    """Each response's advantage from its group's rewards (lrm_fast/batching/samples.py)."""
+
+    grpo = "grpo"  # r - group mean, scaled by loss.advantage_scale
+    rloo = "rloo"  # r - mean of the group's other responses (arXiv 2402.14740)
+    reinforce_pp = "reinforce_pp"  # r - group mean, over the batch's std (arXiv 2501.03262, w/ baseline)
+
+
 class PackedAttention(Choice):
     """Attention inside packed micro-batches (lrm_fast/model/attention.py)."""
 

@@ -9,15 +9,19 @@ embedded CPU task's; conf/experiment/ files carry the study's settings (PAPER.md
 from dataclasses import dataclass, field
 
 from lrm_fast.config.choices import (
+    AdvantageEstimator,
     AdvantageScale,
     Aggregation,
     AttnImplementation,
+    CorrectionLevel,
+    CorrectionMode,
     DataSource,
     Informative,
     Injection,
     LRSchedule,
     MixedPrecision,
     ModelSource,
+    Objective,
     PackedAttention,
     Regime,
     Reward,
@@ -168,6 +172,13 @@ class RolloutConfig:
     # trainer.max_staleness > 0, where stale tokens are always weighted and None means no cap.
     log_mismatch: bool = False
     tis_cap: float | None = None
+    # Rollout correction beyond token-level truncation (lrm_fast/training/sampler_correction.py): the ratio
+    # of each token (token) or its sequence's geometric mean (sequence), truncated at tis_cap (truncate)
+    # or kept inside [correction_low, tis_cap] and 0 outside (mask: IcePop's; correction_low null: no
+    # lower bound). The defaults are tis_cap's meaning above.
+    correction_level: CorrectionLevel = CorrectionLevel.token
+    correction_mode: CorrectionMode = CorrectionMode.truncate
+    correction_low: float | None = None
     # rollout=vllm only (lrm_fast/rollout/vllm.py).
     gpu_memory_utilization: float = 0.5  # the engine's share of the GPU (weights + KV cache)
     tensor_parallel_size: int = 1  # ranks one engine spans; must divide the world size
@@ -194,6 +205,14 @@ class LossConfig:
     # rollout.max_new_tokens (the study's C: the padded response length, max_response_length).
     sum_norm_length: int | None = None
     advantage_scale: AdvantageScale = AdvantageScale.std
+    # grpo (the group mean as baseline, scaled by advantage_scale), rloo (leave-one-out baseline, unscaled)
+    # or reinforce_pp (group mean, then over the whole batch's std, in the trainer): rloo and reinforce_pp
+    # take advantage_scale=none, since their scale is their own (the loss=rloo / reinforce_pp presets).
+    advantage_estimator: AdvantageEstimator = AdvantageEstimator.grpo
+    # clipped (PPO's clipped ratio) or cispo (the clipped ratio, detached, weighs -A logp); clip_low and
+    # clip_high bound the ratio of either, [1 - clip_low, 1 + clip_high] (cispo: clip_low up to 1, no
+    # lower bound; no dual_clip).
+    objective: Objective = Objective.clipped
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None

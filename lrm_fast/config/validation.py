@@ -8,9 +8,14 @@ import math
 from pathlib import Path
 
 from lrm_fast.config.choices import (
+    AdvantageEstimator,
+    AdvantageScale,
+    CorrectionLevel,
+    CorrectionMode,
     DataSource,
     Injection,
     ModelSource,
+    Objective,
     Regime,
     Sampling,
     Truncated,
@@ -104,16 +109,41 @@ def _validate_rollout(cfg: TrainConfig) -> None:
     _positive("rollout.max_new_tokens", rollout.max_new_tokens)
     if rollout.tis_cap is not None:
         _at_least("rollout.tis_cap", rollout.tis_cap, 1, " (or null: off)")
+    _validate_correction(cfg)
     utilization = rollout.gpu_memory_utilization
     _check(0 < utilization < 1, "rollout.gpu_memory_utilization", "in (0, 1)", utilization)
     _positive("rollout.tensor_parallel_size", rollout.tensor_parallel_size)
     _positive("rollout.sync_bucket_mb", rollout.sync_bucket_mb)
 
 
+def _validate_correction(cfg: TrainConfig) -> None:
+    """rollout.correction_*: bounds that exist, and a correction that does something."""
+    rollout = cfg.rollout
+    bounded = rollout.tis_cap is not None or rollout.correction_low is not None
+    if rollout.correction_low is not None:
+        low = rollout.correction_low
+        _check(0 < low <= 1, "rollout.correction_low", "in (0, 1] (or null: no lower bound)", low)
+        if rollout.correction_mode != CorrectionMode.mask:
+            raise ValueError("rollout.correction_low bounds the mask; set rollout.correction_mode=mask")
+    if rollout.correction_mode == CorrectionMode.mask and not bounded:
+        raise ValueError(
+            "rollout.correction_mode=mask needs a bound: rollout.tis_cap or rollout.correction_low"
+        )
+    # Synchronous and unbounded, the ratio is only measured (asynchronous rollouts always apply it).
+    unused = not bounded and cfg.trainer.max_staleness == 0
+    if rollout.correction_level == CorrectionLevel.sequence and unused:
+        raise ValueError("rollout.correction_level=sequence needs rollout.tis_cap (or a mask's bound)")
+
+
 def _validate_loss(cfg: TrainConfig) -> None:
     loss = cfg.loss
-    # The ratio's lower bound 1 - clip_low must stay positive.
-    _check(0 <= loss.clip_low < 1, "loss.clip_low", "in [0, 1)", loss.clip_low)
+    # The ratio's lower bound 1 - clip_low must stay positive; CISPO's weight may drop to 0 (no bound).
+    if loss.objective == Objective.cispo:
+        _check(0 <= loss.clip_low <= 1, "loss.clip_low", "in [0, 1] with loss.objective=cispo", loss.clip_low)
+        if loss.dual_clip is not None:
+            raise ValueError("loss.dual_clip caps PPO's clipped loss; loss.objective=cispo has none")
+    else:
+        _check(0 <= loss.clip_low < 1, "loss.clip_low", "in [0, 1)", loss.clip_low)
     _at_least("loss.clip_high", loss.clip_high, 0)
     if loss.dual_clip is not None:
         _check(loss.dual_clip > 1, "loss.dual_clip", "> 1 (or null: off)", loss.dual_clip)
@@ -122,6 +152,13 @@ def _validate_loss(cfg: TrainConfig) -> None:
     _at_least("loss.kl_coef", loss.kl_coef, 0)
     _at_least("loss.entropy_coef", loss.entropy_coef, 0)
     _positive("loss.micro_batch_tokens", loss.micro_batch_tokens)
+    if loss.advantage_estimator != AdvantageEstimator.grpo and loss.advantage_scale != AdvantageScale.none:
+        # RLOO is unscaled; REINFORCE++ divides by the batch's std, not each group's.
+        raise ValueError(
+            f"loss.advantage_estimator={loss.advantage_estimator.value} takes loss.advantage_scale=none "
+            f"(got {loss.advantage_scale.value}): the group std is GRPO's; use the "
+            f"loss={loss.advantage_estimator.value} preset or set loss.advantage_scale=none"
+        )
     if not cfg.injection.clip_policy_tokens and not cfg.injection.shaping:
         # The study drops the clip only inside its LUFFY loss; elsewhere the setting would do nothing.
         raise ValueError("injection.clip_policy_tokens=false needs injection.shaping=true (the LUFFY loss)")

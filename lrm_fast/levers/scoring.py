@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from lrm_fast.batching import samples as B
 from lrm_fast.config import InjectionConfig, RewardConfig
-from lrm_fast.config.choices import AdvantageScale, Injection, Reward, Truncated
+from lrm_fast.config.choices import AdvantageEstimator, AdvantageScale, Injection, Reward, Truncated
 from lrm_fast.data.examples import PromptExample
 from lrm_fast.data.grader import grade_batch
 from lrm_fast.levers.injection import SolutionBank, plan_injections
@@ -89,11 +89,13 @@ def score_rollouts(
     advantage_scale: AdvantageScale,
     max_new_tokens: int | None = None,
     log_ratios: Callable[[list[B.Sample]], list[float]] | None = None,
+    estimator: AdvantageEstimator = AdvantageEstimator.grpo,
 ) -> ScoredStep:
     """Samples with rewards and advantages for `examples` x `group_size` consecutive rollouts.
 
     ``max_new_tokens`` is the response window, needed by reward.truncated and reward.overlong_buffer;
-    ``log_ratios`` gives each final response's sum_t (log pi - log pi_ref), needed by reward.kl_coef."""
+    ``log_ratios`` gives each final response's sum_t (log pi - log pi_ref), needed by reward.kl_coef;
+    ``estimator`` the group part of the advantage (REINFORCE++'s batch scale is the trainer's)."""
     answers = [e.answers for e in examples for _ in range(group_size)]
     correct = _grade([r.response_ids for r in rollouts], answers, tokenizer, reward.think_format)
     samples = [
@@ -107,12 +109,14 @@ def score_rollouts(
             samples, examples, group_size, injection, bank, answers, tokenizer, reward.think_format
         )
     shaped_groups, penalties, counts = _assign_rewards(samples, group_size, reward, tokenizer, max_new_tokens)
-    B.assign_advantages(samples, group_size, advantage_scale)
+    B.assign_advantages(samples, group_size, advantage_scale, estimator=estimator)
     if reward.kl_coef:
         if log_ratios is None:
             raise ValueError("reward.kl_coef needs the log-ratios to the reference (log_ratios)")
         ratios = log_ratios(samples)
-        counts["kl_penalty"] = kl_in_reward(samples, ratios, reward.kl_coef, group_size, advantage_scale)
+        counts["kl_penalty"] = kl_in_reward(
+            samples, ratios, reward.kl_coef, group_size, advantage_scale, estimator
+        )
     if reward.truncated != Truncated.keep:
         eos = tokenizer.eos_token_id
         counts["truncation_masked"] = mask_truncated(
@@ -154,13 +158,14 @@ def kl_in_reward(
     coef: float,
     group_size: int,
     advantage_scale: AdvantageScale,
+    estimator: AdvantageEstimator = AdvantageEstimator.grpo,
 ) -> float:
     """Subtract coef * sum_t (log pi - log pi_ref) from each reward and recompute the advantages, keeping
     the zero-variance flags of the task rewards (see the module docstring). Returns the summed penalty."""
     task_zero_variance = [s.zero_variance for s in samples]
     for s, log_ratio in zip(samples, log_ratios, strict=True):
         s.reward -= coef * log_ratio
-    B.assign_advantages(samples, group_size, advantage_scale)
+    B.assign_advantages(samples, group_size, advantage_scale, estimator=estimator)
     for s, flag in zip(samples, task_zero_variance, strict=True):
         s.zero_variance = flag
     return -coef * sum(log_ratios)

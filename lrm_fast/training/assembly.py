@@ -122,6 +122,7 @@ def score(
         cfg.loss.advantage_scale,
         cfg.rollout.max_new_tokens,
         log_ratios,
+        cfg.loss.advantage_estimator,
     )
 
 

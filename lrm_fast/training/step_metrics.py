@@ -6,10 +6,10 @@ that add keys; the trainer's rows are tested against it.
 """
 
 from lrm_fast.config import TrainConfig
-from lrm_fast.config.choices import Sampling, Truncated
+from lrm_fast.config.choices import AdvantageEstimator, Sampling, Truncated
 from lrm_fast.levers.dynamic_sampling import Selection
 from lrm_fast.levers.scoring import lever_metrics
-from lrm_fast.training.update import MISMATCH_SUMS
+from lrm_fast.training.sampler_correction import MISMATCH_SUMS
 
 
 def sample_counts(selection: Selection, dynamic: bool, max_new_tokens: int) -> dict[str, float]:
@@ -184,12 +184,14 @@ def step_metric_keys(cfg: TrainConfig, asynchronous: bool) -> tuple[frozenset[st
         "reward/overlong_penalty": reward.overlong_buffer > 0,
         "reward/overlong_penalised": reward.overlong_buffer > 0,
         "reward/kl_penalty": reward.kl_coef > 0,
+        "advantage/batch_std": cfg.loss.advantage_estimator == AdvantageEstimator.reinforce_pp,
     }
     always = {*STEP_KEYS, *(key for key, on in levers.items() if on)}
     if cfg.sampling.name == Sampling.dynamic:
         always |= set(SAMPLING_KEYS)
     if asynchronous:
         always |= set(ASYNC_KEYS)
-    mismatch = cfg.rollout.log_mismatch or cfg.rollout.tis_cap is not None or asynchronous
+    bounded = cfg.rollout.tis_cap is not None or cfg.rollout.correction_low is not None
+    mismatch = cfg.rollout.log_mismatch or bounded or asynchronous
     measured = set(MISMATCH_KEYS) if mismatch else set()
     return frozenset(always), frozenset(measured)

@@ -60,6 +60,7 @@ from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.training.guard import Diverged, DivergenceGuard
 from lrm_fast.training.metrics import MetricsLogger
+from lrm_fast.training.sampler_correction import SamplerCorrection
 from lrm_fast.training.tracking import Trackers
 from lrm_fast.training.update import policy_updates, response_log_ratios
 
@@ -215,6 +216,7 @@ class GRPOTrainer:
             return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings, **self._async}
         self.guard.confirm(version)
         samples = selection.samples
+        batch_scale = B.batch_advantage_scale(samples, cfg.loss.advantage_estimator)  # the final batch
 
         regime = self.regimes.regime(self.step_count)
         apply_regime(samples, regime, cfg.regime, self.regimes.rng(self.step_count))
@@ -229,6 +231,7 @@ class GRPOTrainer:
         return {
             **self._sample_metrics(selection),
             "regime/negative_only": float(regime == Regime.negative),
+            **batch_scale,
             **step_metrics.update_metrics(update, lr),
             **timings,
             "time/step_s": time.perf_counter() - start,
@@ -383,7 +386,7 @@ class GRPOTrainer:
         )
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batches = [M.collate(group, loss.packing, pad_id) for group in groups]
-        if self.cfg.rollout.log_mismatch or self.cfg.rollout.tis_cap is not None or self.pipeline is not None:
+        if self.cfg.rollout.log_mismatch or self._correction().applied:
             for batch, group in zip(batches, groups, strict=True):
                 batch.sampler_logprobs = M.sampler_logprobs(group)
         return batches
@@ -404,7 +407,7 @@ class GRPOTrainer:
                 cfg.trainer.grad_clip,
                 epochs=cfg.trainer.epochs,
                 shaping_gamma=cfg.injection.gamma if cfg.injection.shaping else None,
-                tis_cap=self._tis_cap(),
+                correction=self._correction(),
                 clip_policy_tokens=cfg.injection.clip_policy_tokens,
             )
         lr = self.scheduler.get_last_lr()[0]
@@ -419,12 +422,13 @@ class GRPOTrainer:
             return DEFAULT_THREADS
         return max(1, DEFAULT_THREADS - max(self.cfg.trainer.num_threads, 1))
 
-    def _tis_cap(self) -> float | None:
-        """rollout.tis_cap; asynchronous rollouts always weight stale tokens by pi_prox / mu (decoupled
-        PPO), so there null means no cap rather than no weight."""
-        if self.cfg.rollout.tis_cap is None and self.pipeline is not None:
-            return math.inf
-        return self.cfg.rollout.tis_cap
+    def _correction(self) -> SamplerCorrection:
+        """rollout.tis_cap and rollout.correction_*; asynchronous rollouts always weight stale tokens by
+        pi_prox / mu (decoupled PPO), so there a null tis_cap means no cap rather than no weight."""
+        rollout = self.cfg.rollout
+        cap = math.inf if rollout.tis_cap is None and self.pipeline is not None else rollout.tis_cap
+        level, mode = rollout.correction_level.value, rollout.correction_mode.value
+        return SamplerCorrection(cap=cap, level=level, mode=mode, low=rollout.correction_low)
 
     def _sample_metrics(self, selection: Selection) -> dict[str, float]:
         """The step's response metrics (step_metrics.sample_counts), summed over ranks; the generated

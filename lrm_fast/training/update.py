@@ -7,8 +7,8 @@ ppo_mini_batch_size and ppo_epochs; the study's Luffy_loss.sh takes two steps pe
 log-probs of the policy that sampled are recorded once, before the first step (verl's compute_log_prob,
 ray_trainer.py:1000-1003): the first step's ratio is 1, and the clip and dual clip act from the second on.
 The sampler's own log-probs enter only when the batch carries them (rollout.log_mismatch or
-rollout.tis_cap): the mismatch is measured and, with tis_cap, each token's weight is multiplied by the
-truncated importance ratio between trainer and sampler (`sampler_correction`).
+rollout.tis_cap): the mismatch is measured and, with a correction, each token's weight is multiplied by
+the truncated or masked importance ratio between trainer and sampler (sampler_correction.py).
 """
 
 import itertools
@@ -20,12 +20,18 @@ import torch
 
 from lrm_fast.batching.micro_batches import MicroBatch, collate, micro_batches, model_inputs
 from lrm_fast.config import LossConfig
-from lrm_fast.config.choices import PackedAttention
+from lrm_fast.config.choices import Objective, PackedAttention
 from lrm_fast.kernels import grpo_loss, grpo_loss_from_hidden, token_logprobs
 from lrm_fast.kernels.reference import LOG_RATIO_CLAMP
 from lrm_fast.model.attention import packed_attention
 from lrm_fast.model.fsdp import gradient_scale
 from lrm_fast.runtime import all_reduce
+from lrm_fast.training.sampler_correction import (
+    MEASURED_ONLY,
+    MISMATCH_SUMS,
+    SamplerCorrection,
+    sampler_correction,
+)
 
 SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy")
 
@@ -89,7 +95,7 @@ def micro_batch_loss(
     loss_cfg: LossConfig,
     temperature: float,
     shaping_gamma: float | None = None,
-    tis_cap: float | None = None,
+    correction: SamplerCorrection = MEASURED_ONLY,
     clip_policy_tokens: bool = True,
 ):
     """Loss of one micro-batch (already globally normalised through batch.weights) and its stats.
@@ -101,7 +107,7 @@ def micro_batch_loss(
     With `loss_cfg.fused_head` the loss comes from the final hidden states and the head's weight
     (grpo_loss_from_hidden): the [N, V] logits of the policy never exist.
     When the batch carries the sampler's log-probs, the mismatch with the trainer's is measured and,
-    with `tis_cap`, each token's weight is multiplied by the truncated importance ratio (sampler_correction).
+    with an applied `correction`, each token's weight is multiplied by its factor (sampler_correction).
     """
     ref_logprobs = None
     if ref_model is not None:
@@ -109,7 +115,7 @@ def micro_batch_loss(
             ref_logprobs = reference_logprobs(ref_model, batch, loss_cfg, temperature)
     shaped = batch.injected if shaping_gamma is not None else torch.zeros_like(batch.injected)
     inputs, logits_of = _policy_forward(model, batch, loss_cfg)
-    weights, mismatch = _token_weights(batch, shaped, logits_of, loss_cfg, temperature, tis_cap)
+    weights, mismatch = _token_weights(batch, shaped, logits_of, loss_cfg, temperature, correction)
     loss_fn = grpo_loss_from_hidden if loss_cfg.fused_head else grpo_loss
     unclipped = shaping_gamma is not None and not clip_policy_tokens
     clip = NO_CLIP if unclipped else {"clip_low": loss_cfg.clip_low, "clip_high": loss_cfg.clip_high}
@@ -120,6 +126,7 @@ def micro_batch_loss(
         batch.advantages,
         weights,
         temperature=temperature,
+        objective=Objective(loss_cfg.objective).value,
         **clip,
         dual_clip=loss_cfg.dual_clip,
         ref_logprobs=ref_logprobs,
@@ -136,9 +143,9 @@ def micro_batch_loss(
     return loss, stats
 
 
-def _token_weights(batch: MicroBatch, shaped, logits_of, loss_cfg: LossConfig, temperature, tis_cap):
-    """(weights [N], mismatch sums): the batch's weights without the shaped tokens, times the truncated
-    importance ratio to the sampler when the batch carries its log-probs. The ratio's numerator is pi_old
+def _token_weights(batch: MicroBatch, shaped, logits_of, loss_cfg: LossConfig, temperature, correction):
+    """(weights [N], mismatch sums): the batch's weights without the shaped tokens, times the sampler
+    correction's factor when the batch carries the sampler's log-probs. The ratio's numerator is pi_old
     (the trainer's policy that the rollout stands for), recorded or, with one step, the current one."""
     weights = batch.weights.masked_fill(shaped, 0.0)
     mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
@@ -147,7 +154,8 @@ def _token_weights(batch: MicroBatch, shaped, logits_of, loss_cfg: LossConfig, t
             logp = batch.old_logprobs
             if logp is None:
                 logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
-            factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, tis_cap)
+            sequence = batch.sequence_index()
+            factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, correction, sequence)
         weights = weights * factor
     return weights, mismatch
 
@@ -178,31 +186,6 @@ def reference_logprobs(
     weight = ref_model.lm_head.weight
     logits_of = lambda rows: hidden[rows] @ weight.T
     return _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
-
-
-MISMATCH_SUMS = ("logp_abs_diff", "prob_ratio", "tis_truncated", "tokens")
-
-
-def sampler_correction(
-    trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, tis_cap: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(factor [N], sums [4]) for tokens sampled by a different engine than the trainer (vLLM).
-
-    ratio_t = p_trainer(t) / p_sampler(t) with both at the weights that sampled (the trainer's value is
-    old_logp: the current policy's with one optimizer step per rollout batch, else the recorded pi_old).
-    Truncated importance sampling (Yao et al. 2025) weights each token's loss by min(ratio_t, tis_cap),
-    so the gradient is that of the trainer's policy although the tokens came from the sampler's; the cap
-    bounds its variance. Tokens without a sampler log-prob (NaN: injected solutions) keep factor 1 and
-    stay out of the sums (|delta logp|, ratio, truncated, count), which the caller adds up over
-    micro-batches and ranks.
-    """
-    known = ~torch.isnan(sampler_logp)
-    delta = torch.where(known, trainer_logp.float() - sampler_logp, 0.0)
-    ratio = delta.exp()
-    factor = torch.ones_like(ratio) if tis_cap is None else torch.where(known, ratio.clamp(max=tis_cap), 1.0)
-    truncated = known & (ratio > tis_cap) if tis_cap is not None else torch.zeros_like(known)
-    sums = torch.stack([delta.abs().sum(), ratio[known].sum(), truncated.sum(), known.sum()])
-    return factor, sums.double().cpu()
 
 
 def _chunked_logprobs(logits_of, targets, temperature, backend, chunk: int = 4096) -> torch.Tensor:
@@ -237,7 +220,7 @@ def policy_update(
     temperature: float,
     grad_clip: float,
     shaping_gamma: float | None = None,
-    tis_cap: float | None = None,
+    correction: SamplerCorrection = MEASURED_ONLY,
     clip_policy_tokens: bool = True,
 ):
     """Accumulate gradients over `batches` and take one optimizer step.
@@ -259,7 +242,7 @@ def policy_update(
         # Over the backward too: activation checkpointing re-runs the forward there.
         with attention_for(model, batch, loss_cfg.packed_attention):
             loss, stats = micro_batch_loss(
-                model, ref_model, batch, loss_cfg, temperature, shaping_gamma, tis_cap, clip_policy_tokens
+                model, ref_model, batch, loss_cfg, temperature, shaping_gamma, correction, clip_policy_tokens
             )
             (loss * gradient_scale()).backward()
             kept = stats["kept_tokens"].item()
@@ -283,7 +266,7 @@ def policy_updates(
     *,
     epochs: int = 1,
     shaping_gamma: float | None = None,
-    tis_cap: float | None = None,
+    correction: SamplerCorrection = MEASURED_ONLY,
     clip_policy_tokens: bool = True,
 ) -> UpdateResult:
     """The update of one rollout batch: `epochs` passes over its mini-batches (each a list of micro-batches
@@ -297,7 +280,7 @@ def policy_updates(
     """
     if len(mini_batches) * epochs > 1:
         record_old_logprobs(model, [b for mini in mini_batches for b in mini], loss_cfg, temperature)
-    settings = (loss_cfg, temperature, grad_clip, shaping_gamma, tis_cap, clip_policy_tokens)
+    settings = (loss_cfg, temperature, grad_clip, shaping_gamma, correction, clip_policy_tokens)
     results = []
     for batches in itertools.chain.from_iterable(itertools.repeat(mini_batches, epochs)):
         results.append(policy_update(model, ref_model, optimizer, batches, *settings))

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from lrm_fast.cli.configs import register_configs
 from lrm_fast.cli.stages import LONG_STAGES
 from lrm_fast.config import LongDifficultyConfig, TrainConfig, check_inputs, validate
+from lrm_fast.config.choices import AdvantageEstimator, CorrectionLevel, CorrectionMode, Objective
 from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.model.cold_start import teacher_problems
 from lrm_fast.training.assembly import policy_path
@@ -151,6 +152,22 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
             r"regime.switch_accuracy must be in \[0, 1\]",
         ),
         ({"cold_start": {"space_prob": 2.0}}, r"cold_start.space_prob must be in \[0, 1\], got 2.0"),
+        (
+            {"loss": {"objective": Objective.cispo, "clip_low": 1.5}},
+            r"loss.clip_low must be in \[0, 1\] with loss.objective=cispo, got 1.5",
+        ),
+        ({"loss": {"objective": Objective.cispo, "dual_clip": 2.0}}, "loss.objective=cispo has none"),
+        (
+            {"loss": {"advantage_estimator": AdvantageEstimator.rloo}},
+            "loss.advantage_estimator=rloo takes loss.advantage_scale=none",
+        ),
+        ({"rollout": {"correction_low": 0.5}}, "rollout.correction_low bounds the mask"),
+        ({"rollout": {"correction_mode": CorrectionMode.mask}}, "correction_mode=mask needs a bound"),
+        ({"rollout": {"correction_level": CorrectionLevel.sequence}}, "correction_level=sequence needs"),
+        (
+            {"rollout": {"correction_mode": CorrectionMode.mask, "correction_low": 1.5}},
+            r"rollout.correction_low must be in \(0, 1\]",
+        ),
     ],
     ids=[
         "group_size_0",
@@ -166,6 +183,13 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
         "switch_step",
         "switch_accuracy",
         "space_prob",
+        "cispo_clip_low",
+        "cispo_dual_clip",
+        "rloo_group_std",
+        "correction_low_without_mask",
+        "mask_without_bound",
+        "sequence_without_bound",
+        "correction_low_range",
     ],
 )
 def test_validate_names_the_bad_value(change, message):

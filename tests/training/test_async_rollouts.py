@@ -15,6 +15,7 @@ from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.kernels import token_logprobs
 from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
 from lrm_fast.training.async_rollout import AsyncRollouts, Request
+from lrm_fast.training.sampler_correction import SamplerCorrection
 from lrm_fast.training.update import micro_batch_loss, response_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,7 +102,7 @@ def test_decoupled_clip_and_importance_weight_by_hand(tis_cap):
     batch.old_logprobs = current - shift
     batch.sampler_logprobs = batch.old_logprobs - gap
     loss_cfg = LossConfig(backend="torch", clip_low=0.2, clip_high=0.28, kl_coef=0.0, entropy_coef=0.0)
-    loss, _ = micro_batch_loss(model, None, batch, loss_cfg, 1.0, tis_cap=tis_cap)
+    loss, _ = micro_batch_loss(model, None, batch, loss_cfg, 1.0, correction=SamplerCorrection(cap=tis_cap))
 
     rho, advantage = shift.exp(), batch.advantages
     weight = gap.exp().clamp(max=tis_cap)

@@ -40,6 +40,9 @@ FACTORS = {
     "fused_head": [False, True],
     "packing": [False, True],
     "truncated": ["keep", "mask", "filter"],
+    "estimator": ["grpo", "rloo", "reinforce_pp"],
+    "objective": ["clipped", "cispo"],
+    "correction": ["off", "token_mask", "sequence_truncate"],
 }
 CASES = covering_array(FACTORS, seed=0)
 
@@ -65,7 +68,18 @@ def overrides(case: dict) -> dict:
         # after a weight push (and scored with them: the KL in the reward, OSI, RLR on the rollout side).
         "trainer.steps": 2 + case["lag"],
         "reward.truncated": case["truncated"],
+        "loss.advantage_estimator": case["estimator"],
+        "loss.advantage_scale": "std" if case["estimator"] == "grpo" else "none",
+        "loss.objective": case["objective"],
     }
+    if case["correction"] != "off":  # the sampler is the policy: the wiring is what is checked here
+        level, mode = case["correction"].split("_")
+        settings |= {
+            "rollout.tis_cap": 2.0,
+            "rollout.correction_level": level,
+            "rollout.correction_mode": mode,
+        }
+        settings |= {"rollout.correction_low": 0.5} if mode == "mask" else {}
     reward = case["reward"]
     settings["reward.name"] = "rlr" if reward == "rlr" else "binary"
     settings["reward.b"] = 10.0  # responses of tens of tokens
@@ -87,6 +101,7 @@ def case_id(case: dict) -> str:
     flags = [name for name in ("fused_head", "packing") if case[name]]
     parts = [case["regime"], case["reward"], case["injection"], case["sampling"], case["aggregation"]]
     parts += [f"mb{mini_batches}x{epochs}", f"lag{case['lag']}", *flags, f"trunc-{case['truncated']}"]
+    parts += [case["estimator"], case["objective"], f"corr-{case['correction']}"]
     return "-".join(parts)
 
 
