@@ -94,6 +94,17 @@ def test_report_groups_runs_by_overrides_without_the_seed(tmp_path):
     )
 
 
+def test_cpu_thread_counts_do_not_split_a_configuration(tmp_path):
+    # A sweep continued on one thread beside another one: its later seeds are the same configuration.
+    rows = [step_row(1)]
+    for seed, threads in ((0, []), (1, ["trainer.num_threads=1", "trainer.update_threads=1"])):
+        run = make_run(tmp_path / str(seed), seed, "negative", rows, final=0.5)
+        overrides = [f"seed={seed}", "regime=negative", *COMMON, *threads]
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    configurations = group_runs(find_runs([tmp_path])[0])
+    assert [[run.seed for run in c.runs] for c in configurations] == [[0, 1]]  # one configuration
+
+
 def test_report_groups_by_config_differences_without_hydra_records(tmp_path):
     rows = [step_row(1)]
     for name, seed, regime in [("a", 0, "full"), ("b", 1, "full"), ("c", 0, "positive")]:
