@@ -14,7 +14,9 @@ not tokens, as ms-swift's reinforce_plus_plus does (verl and OpenRLHF whiten ove
 also subtract the token mean, which gives zero-advantage responses an advantage): each response's
 advantage as it enters the update, zero-variance groups' and masked truncated responses' zeros included,
 responses removed by overlong filtering left out. The batch mean of group-centred advantages is 0, so the
-paper's mean subtraction is left out and a zero advantage stays exactly 0.
+paper's mean subtraction is left out and a zero advantage stays exactly 0; the std is taken about 0,
+sqrt(sum A^2 / (n - 1)) (the sample std when no response is left out), so that responses left out, whose
+group mean included them, cannot shrink it to the spread around some other mean.
 
 Each response then gets one aggregation weight, shared by its tokens, whose normaliser is
 global: computed over the whole mini-batch (the whole batch with one optimizer step per rollout batch) on
@@ -107,17 +109,16 @@ def batch_advantage_scale(samples: list[Sample], estimator: AdvantageEstimator) 
 
 
 def scale_by_batch_std(samples: list[Sample], eps: float = 1e-6) -> float:
-    """REINFORCE++: every advantage divided by the batch's std of advantages (module docstring), over all
-    ranks' responses (unbiased; 0 for a batch of fewer than 2). Returns that std."""
+    """REINFORCE++: every advantage divided by the batch's std of advantages about 0 (module docstring),
+    over all ranks' responses. Returns that std; a batch of fewer than 2, or of zero advantages, is left
+    as it is."""
     advantages = [s.advantage for s in samples if not s.filtered]
-    moments = torch.tensor(
-        [len(advantages), sum(advantages), sum(a * a for a in advantages)], dtype=torch.float64
-    )
-    count, total, squares = all_reduce(moments).tolist()
-    variance = (squares - total * total / count) / (count - 1) if count > 1 else 0.0
-    std = max(variance, 0.0) ** 0.5
-    for s in samples:
-        s.advantage /= std + eps
+    moments = torch.tensor([len(advantages), sum(a * a for a in advantages)], dtype=torch.float64)
+    count, squares = all_reduce(moments).tolist()
+    std = (squares / (count - 1)) ** 0.5 if count > 1 else 0.0
+    if std > 0:
+        for s in samples:
+            s.advantage /= std + eps
     return std
 
 

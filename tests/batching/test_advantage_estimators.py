@@ -58,12 +58,28 @@ def test_reinforce_pp_divides_the_centred_rewards_by_the_batch_std_of_responses(
     assert B.batch_advantage_scale(samples, "grpo") == {} and B.batch_advantage_scale(samples, "rloo") == {}
 
 
-def test_reinforce_pp_leaves_filtered_responses_out_of_the_std():
+def test_reinforce_pp_leaves_filtered_responses_out_of_the_std_taken_about_zero():
     samples = _samples()
     B.assign_advantages(samples, 4, "none", estimator="reinforce_pp")
     samples[0].filtered = True  # DAPO's overlong filtering took it out of the loss
+    kept = _centred(REWARDS)[1:]
     std = B.scale_by_batch_std(samples)
-    assert std == pytest.approx(statistics.stdev(_centred(REWARDS)[1:]), rel=1e-6)
+    assert std == pytest.approx((sum(a * a for a in kept) / (len(kept) - 1)) ** 0.5, rel=1e-6)
+
+
+def test_reinforce_pp_does_not_blow_up_when_filtering_leaves_equal_advantages():
+    # Every wrong answer filtered: the kept ones all have +0.5, whose spread about their own mean is 0.
+    samples = _samples([1, 1, 0, 0, 1, 1, 0, 0])
+    B.assign_advantages(samples, 4, "none", estimator="reinforce_pp")
+    for s in samples:
+        s.filtered = s.reward == 0
+    std = B.scale_by_batch_std(samples)
+    assert std == pytest.approx((4 * 0.25 / 3) ** 0.5)
+    assert [s.advantage for s in samples if not s.filtered] == pytest.approx([0.5 / std] * 4, rel=1e-5)
+    lone = _samples([1, 0])
+    B.assign_advantages(lone, 2, "none", estimator="reinforce_pp")
+    lone[1].filtered = True
+    assert B.scale_by_batch_std(lone) == 0.0 and lone[0].advantage == 0.5  # one response: left as it is
 
 
 def test_kl_in_reward_recomputes_with_the_runs_estimator():
