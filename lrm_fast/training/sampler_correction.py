@@ -21,9 +21,13 @@ their sequence's mean. A sequence is a run of consecutive tokens with the same `
 mean is one O(N) segment sum (index_add), whatever the layout.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from lrm_fast.config import RolloutConfig
+from lrm_fast.config.choices import CorrectionLevel, CorrectionMode
 
 # Sums over known tokens, added up over micro-batches and ranks, then divided by the last one: the mean
 # |log pi_old - log mu|, the mean token ratio, and the shares of tokens the cap truncated and the mask
@@ -39,6 +43,15 @@ class SamplerCorrection:
     level: str = "token"  # token | sequence
     mode: str = "truncate"  # truncate | mask
     low: float | None = None  # mask: the lower bound (None: none)
+
+    @classmethod
+    def of(cls, rollout: RolloutConfig, asynchronous: bool) -> "SamplerCorrection":
+        """The run's correction. Asynchronous rollouts always weight stale tokens by pi_prox / mu (decoupled
+        PPO), so there a null tis_cap means no cap rather than no weight."""
+        cap = math.inf if rollout.tis_cap is None and asynchronous else rollout.tis_cap
+        level = CorrectionLevel(rollout.correction_level).value
+        mode = CorrectionMode(rollout.correction_mode).value
+        return cls(cap=cap, level=level, mode=mode, low=rollout.correction_low)
 
     @property
     def applied(self) -> bool:

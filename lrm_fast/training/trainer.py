@@ -24,7 +24,6 @@ micro-batch cut).
 """
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from copy import deepcopy
@@ -423,12 +422,7 @@ class GRPOTrainer:
         return max(1, DEFAULT_THREADS - max(self.cfg.trainer.num_threads, 1))
 
     def _correction(self) -> SamplerCorrection:
-        """rollout.tis_cap and rollout.correction_*; asynchronous rollouts always weight stale tokens by
-        pi_prox / mu (decoupled PPO), so there a null tis_cap means no cap rather than no weight."""
-        rollout = self.cfg.rollout
-        cap = math.inf if rollout.tis_cap is None and self.pipeline is not None else rollout.tis_cap
-        level, mode = rollout.correction_level.value, rollout.correction_mode.value
-        return SamplerCorrection(cap=cap, level=level, mode=mode, low=rollout.correction_low)
+        return SamplerCorrection.of(self.cfg.rollout, asynchronous=self.pipeline is not None)
 
     def _sample_metrics(self, selection: Selection) -> dict[str, float]:
         """The step's response metrics (step_metrics.sample_counts), summed over ranks; the generated

@@ -9,7 +9,7 @@ from trainer_fixtures import flat_grad, synthetic_samples, tiny_model
 
 from lrm_fast.batching import micro_batches as M
 from lrm_fast.batching import samples as B
-from lrm_fast.config import LossConfig
+from lrm_fast.config import LossConfig, RolloutConfig
 from lrm_fast.kernels import token_logprobs
 from lrm_fast.training.sampler_correction import SamplerCorrection, sampler_correction
 from lrm_fast.training.update import micro_batch_loss
@@ -100,3 +100,15 @@ def test_tis_scales_the_gradient_by_the_truncated_ratio(fused_head, level):
     torch.testing.assert_close(grad, 2.0 * plain, rtol=1e-4, atol=1e-7)
     assert mismatch[2] == mismatch[4]  # every token truncated
     assert mismatch[0] / mismatch[4] == pytest.approx(math.log(3.0), rel=1e-4)
+
+
+def test_the_runs_correction_from_its_config():
+    rollout = RolloutConfig(
+        tis_cap=2.0, correction_level="sequence", correction_mode="mask", correction_low=0.5
+    )
+    assert SamplerCorrection.of(rollout, asynchronous=False) == SamplerCorrection(
+        2.0, "sequence", "mask", 0.5
+    )
+    # Asynchronous rollouts weight stale tokens whatever tis_cap says: null is no cap, not no weight.
+    assert SamplerCorrection.of(RolloutConfig(), asynchronous=True).cap == math.inf
+    assert not SamplerCorrection.of(RolloutConfig(), asynchronous=False).applied
