@@ -18,17 +18,16 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lrm_fast.config import TrainConfig
+from lrm_fast.config import CPU_THREAD_KEYS, TrainConfig
 
 # How long, how often and what to show, and how many CPU threads: a killed run continued on a machine with
-# other cores may set its threads anew (they change the order of float sums, not what is trained).
+# other cores may set its threads anew.
 MUTABLE_ON_RESUME = (
     "trainer.steps",
     "trainer.checkpoint_every",
     "trainer.progress_bar",
     "eval.every",
-    "trainer.num_threads",
-    "trainer.update_threads",
+    *CPU_THREAD_KEYS,
 )
 HISTORY = "resumes.jsonl"
 

@@ -13,6 +13,7 @@ from lrm_fast.config.evaluate import (
 )
 from lrm_fast.config.train import (
     AUTO_RESUME,
+    CPU_THREAD_KEYS,
     ColdStartConfig,
     DataConfig,
     DifficultyConfig,
@@ -41,6 +42,7 @@ from lrm_fast.config.validation import (
 
 __all__ = [
     "AUTO_RESUME",
+    "CPU_THREAD_KEYS",
     "BenchmarkConfig",
     "ColdStartConfig",
     "DataConfig",

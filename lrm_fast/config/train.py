@@ -37,6 +37,10 @@ from lrm_fast.config.evaluate import EvalProtocol
 from lrm_fast.kernels import Backend
 
 AUTO_RESUME = "auto"  # trainer.resume's value for a launch's own directory (TrainerConfig.resume)
+# Where a run executes, not what it trains: CPU thread counts change the order of float sums only, so a
+# resume may change them (lrm_fast/cli/resume.py) and they never split a sweep's configurations
+# (lrm_fast/sweeps/runs.py).
+CPU_THREAD_KEYS = ("trainer.num_threads", "trainer.update_threads")
 
 
 @dataclass

@@ -16,19 +16,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lrm_fast.config import CPU_THREAD_KEYS
 from lrm_fast.training.metrics import read_metrics
 
 # Keys that never split configurations: the seed is what is averaged over; the rest is bookkeeping, and
-# the CPU thread counts, which change the order of float sums, not what is trained (as a resume allows).
+# the CPU thread counts, which change the order of float sums, not what is trained.
 IGNORED_KEYS = frozenset(
-    {
-        "seed",
-        "trainer.resume",
-        "trainer.progress_bar",
-        "cold_start.cache_dir",
-        "trainer.num_threads",
-        "trainer.update_threads",
-    }
+    {"seed", "trainer.resume", "trainer.progress_bar", "cold_start.cache_dir", *CPU_THREAD_KEYS}
 )
 EDGE_SHARE = 0.1  # "first" and "last" length windows: this share of the steps (at least one step)
 # Per-step metrics averaged over training: report name -> metrics.jsonl key.
