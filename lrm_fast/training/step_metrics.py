@@ -9,7 +9,7 @@ from lrm_fast.config import TrainConfig
 from lrm_fast.config.choices import AdvantageEstimator, Sampling, Truncated
 from lrm_fast.levers.dynamic_sampling import Selection
 from lrm_fast.levers.scoring import lever_metrics
-from lrm_fast.training.sampler_correction import MISMATCH_SUMS
+from lrm_fast.training.sampler_correction import MISMATCH_SUMS, SamplerCorrection
 
 
 def sample_counts(selection: Selection, dynamic: bool, max_new_tokens: int) -> dict[str, float]:
@@ -191,7 +191,6 @@ def step_metric_keys(cfg: TrainConfig, asynchronous: bool) -> tuple[frozenset[st
         always |= set(SAMPLING_KEYS)
     if asynchronous:
         always |= set(ASYNC_KEYS)
-    bounded = cfg.rollout.tis_cap is not None or cfg.rollout.correction_low is not None
-    mismatch = cfg.rollout.log_mismatch or bounded or asynchronous
+    mismatch = cfg.rollout.log_mismatch or SamplerCorrection.of(cfg.rollout, asynchronous).applied
     measured = set(MISMATCH_KEYS) if mismatch else set()
     return frozenset(always), frozenset(measured)

@@ -154,7 +154,7 @@ def _token_weights(batch: MicroBatch, shaped, logits_of, loss_cfg: LossConfig, t
             logp = batch.old_logprobs
             if logp is None:
                 logp = _chunked_logprobs(logits_of, batch.targets, temperature, loss_cfg.backend)
-            sequence = batch.sequence_index()
+            sequence = batch.sequence_index() if correction.level == "sequence" else None
             factor, mismatch = sampler_correction(logp, batch.sampler_logprobs, correction, sequence)
         weights = weights * factor
     return weights, mismatch
