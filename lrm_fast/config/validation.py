@@ -152,12 +152,13 @@ def _validate_loss(cfg: TrainConfig) -> None:
     _at_least("loss.kl_coef", loss.kl_coef, 0)
     _at_least("loss.entropy_coef", loss.entropy_coef, 0)
     _positive("loss.micro_batch_tokens", loss.micro_batch_tokens)
-    if loss.advantage_estimator != AdvantageEstimator.grpo and loss.advantage_scale != AdvantageScale.none:
+    estimator, scale = AdvantageEstimator(loss.advantage_estimator), AdvantageScale(loss.advantage_scale)
+    if estimator != AdvantageEstimator.grpo and scale != AdvantageScale.none:
         # RLOO is unscaled; REINFORCE++ divides by the batch's std, not each group's.
         raise ValueError(
-            f"loss.advantage_estimator={loss.advantage_estimator.value} takes loss.advantage_scale=none "
-            f"(got {loss.advantage_scale.value}): the group std is GRPO's; use the "
-            f"loss={loss.advantage_estimator.value} preset or set loss.advantage_scale=none"
+            f"loss.advantage_estimator={estimator.value} takes loss.advantage_scale=none "
+            f"(got {scale.value}): the group std is GRPO's; use the "
+            f"loss={estimator.value} preset or set loss.advantage_scale=none"
         )
     if not cfg.injection.clip_policy_tokens and not cfg.injection.shaping:
         # The study drops the clip only inside its LUFFY loss; elsewhere the setting would do nothing.

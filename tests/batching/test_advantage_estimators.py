@@ -99,6 +99,9 @@ def test_a_group_std_with_rloo_or_reinforce_pp_is_refused(estimator):
         validate(cfg)
     cfg.loss.advantage_scale = AdvantageScale.none
     validate(cfg)
+    cfg.loss.advantage_estimator, cfg.loss.advantage_scale = estimator, "std"  # as a config built in code
+    with pytest.raises(ValueError, match=f"advantage_estimator={estimator} takes loss.advantage_scale=none"):
+        validate(cfg)
 
 
 def _worker(rank: int, port: int, out: str) -> None:
