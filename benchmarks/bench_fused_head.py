@@ -13,6 +13,10 @@ clip 0.2, token mean, old log-probs a little off the current ones, one advantage
                   in its backward) with loss_type="bnpo" (sum over tokens / number of tokens), beta=0;
                   its loss math is torch.compile'd on GPU, eager on CPU (compiling only pays off there).
 
+test_fused_head_ratio_level times ours at the token and the sequence level (GSPO) side by side, and
+Liger's importance_sampling_level="sequence": a sequence spans our chunks, so at the sequence level ours
+computes each chunk's logits twice (4 matmuls instead of 3), where Liger's chunks are whole sequences.
+
 Floor: the fewest bytes any implementation moves, hidden and weight read once and their gradients
 written once. The op is matmul-bound (three [N, V, H] matmuls, 6*N*V*H flops, for ours and the logits
 path; Liger recomputes the logits: four), so extra_info also gets "tflops" over those 6*N*V*H flops.
@@ -108,7 +112,7 @@ def _forward(provider: str, inputs: HeadInputs):
     raise ValueError(f"no fused-head provider {provider!r}")
 
 
-def _liger_forward(inputs: HeadInputs):
+def _liger_forward(inputs: HeadInputs, level: str = "token"):
     try:
         from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
     except Exception as error:  # installed, but built for another torch or triton
@@ -116,7 +120,7 @@ def _liger_forward(inputs: HeadInputs):
     loss_fn = LigerFusedLinearGRPOLoss(
         beta=0.0, compiled=inputs.hidden.is_cuda, use_ref_model=False, chunk_size=1,
         epsilon_low=OPTIONS["clip_low"], epsilon_high=OPTIONS["clip_high"], loss_type="bnpo",
-        temperature=OPTIONS["temperature"],
+        temperature=OPTIONS["temperature"], importance_sampling_level=level,
     )  # fmt: skip
     n, h = inputs.hidden.shape
     seqs, seq_len = n // inputs.seq_len, inputs.seq_len
@@ -166,3 +170,45 @@ def test_fused_head(benchmark, results, preset, provider):
     median = benchmark.stats.stats.median if benchmark.stats else None
     flops = 6 * preset.n * preset.vocab * preset.hidden
     benchmark.extra_info["tflops"] = flops / median / 1e12 if median else None
+
+
+LEVEL_CASES = [
+    pytest.param(
+        preset, provider, level, id=f"{preset.name}-{provider}-{level}", marks=case_marks(preset, provider)
+    )
+    for preset in PRESETS
+    if not preset.measure_only
+    for provider in preset.providers
+    if provider in ("torch", "triton", "liger")
+    for level in ("token", "sequence")
+]
+
+
+@pytest.mark.parametrize(("preset", "provider", "level"), LEVEL_CASES)
+def test_fused_head_ratio_level(benchmark, results, preset, provider, level):
+    inputs = make_head_inputs(preset)
+    if provider == "liger":
+        forward = _liger_forward(inputs, level)
+    else:
+        args = (inputs.targets, inputs.old_logprobs, inputs.advantages, inputs.weights)
+        index = torch.arange(preset.n, device=inputs.targets.device) // inputs.seq_len
+        options = OPTIONS | {"ratio_level": level, "sequence_index": index}
+        forward = lambda: grpo_loss_from_hidden(
+            inputs.hidden, inputs.weight, *args, backend=provider, **options
+        )[0]
+    device = torch.device(preset.device)
+
+    def setup():
+        inputs.hidden.grad = inputs.weight.grad = None
+        synchronize(device)
+        return (), {}
+
+    def target():
+        forward().backward()
+        synchronize(device)
+
+    floor_bytes = 2 * (preset.n + preset.vocab) * preset.hidden * inputs.hidden.element_size()
+    measure(
+        benchmark, results, op="fused_head", preset=preset, provider=f"{provider}-{level}", mode="full",
+        setup=setup, target=target, floor_bytes=floor_bytes,
+    )  # fmt: skip

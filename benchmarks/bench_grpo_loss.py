@@ -9,8 +9,10 @@ semantics with loss_type="bnpo" (sum over tokens / number of tokens) and inplace
 [B, L + 1, V] logits (the last position of each sequence is dropped), so it reads B extra rows.
 
 test_grpo_loss_objective times our own backends under each policy objective side by side (providers
-"torch-clipped", "torch-cispo", ...): CISPO changes only the O(N) per-token coefficients, so its time and
-memory are to stay within 10% of the clipped loss's (`python -m benchmarks.report --versus torch-clipped`).
+"torch-clipped", "torch-cispo", "torch-gspo", ...): CISPO changes only the O(N) per-token coefficients, so
+its time and memory are to stay within 10% of the clipped loss's (`python -m benchmarks.report --versus
+torch-clipped`). GSPO's sequence ratio adds a segment sum (Triton: nothing more, its two passes stay two)
+and, on the torch backend, a second pass over each chunk of logits: there it reports that pass's cost.
 
 Floor: forward reads the [N, V] logits once; backward reads them and writes the gradient. Our Triton
 and chunked torch backends compute the gradient in the forward (two reads and one write there) and only
@@ -18,6 +20,7 @@ scale it in the backward, so their forward and backward split differently from t
 """
 
 import pytest
+import torch
 
 from lrm_fast.kernels import grpo_loss, reference
 
@@ -77,7 +80,8 @@ def _liger_forward(inputs: LogitsInputs):
     return forward, logits
 
 
-OBJECTIVES = ("clipped", "cispo")
+# Each objective's options; gspo's sequences are the inputs' (one advantage each).
+OBJECTIVES = {"clipped": {}, "cispo": {"objective": "cispo"}, "gspo": {"ratio_level": "sequence"}}
 # Our backends only: the torch backend on CPU, the Triton kernel (interpreted on CPU) wherever a preset
 # has it.
 OBJECTIVE_CASES = [
@@ -99,7 +103,10 @@ OBJECTIVE_CASES = [
 def test_grpo_loss_objective(benchmark, results, preset, provider, objective):
     inputs = make_logits_inputs(preset)
     args = (inputs.logits, inputs.targets, inputs.old_logprobs, inputs.advantages, inputs.weights)
-    options = dict(OPTIONS, objective=objective)
+    options = OPTIONS | OBJECTIVES[objective]
+    if objective == "gspo":
+        n = len(inputs.targets)
+        options["sequence_index"] = torch.arange(n, device=inputs.targets.device) // inputs.seq_len
 
     def forward():
         return grpo_loss(*args, backend=provider, **options)[0]

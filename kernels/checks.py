@@ -83,6 +83,25 @@ def check_vector(
         raise ValueError(f"{name} is on {tensor.device} but {against} is on {logits.device}")
 
 
+def check_sequence_index(
+    sequence_index: torch.Tensor | None, logits: torch.Tensor, needed: bool, against="logits"
+) -> None:
+    """The [N] integer sequence labels that ratio_level="sequence" needs (`needed`); unused otherwise."""
+    if sequence_index is None:
+        if needed:
+            raise ValueError("ratio_level='sequence' needs sequence_index, each token's sequence")
+        return
+    n = logits.shape[0]
+    if sequence_index.dim() != 1 or sequence_index.shape[0] != n:
+        raise ValueError(
+            f"sequence_index must have shape [{n}] to match {against}, got {tuple(sequence_index.shape)}"
+        )
+    if sequence_index.dtype.is_floating_point or sequence_index.dtype.is_complex:
+        raise ValueError(f"sequence_index must be an integer tensor, got {sequence_index.dtype}")
+    if sequence_index.device != logits.device:
+        raise ValueError(f"sequence_index is on {sequence_index.device} but {against} is on {logits.device}")
+
+
 def check_hidden_and_weight(hidden: torch.Tensor, weight: torch.Tensor, backend: str) -> None:
     """hidden [N, H] and the LM head's weight [V, H]: same floating dtype, same device."""
     for name, tensor in (("hidden", hidden), ("weight", weight)):

@@ -69,6 +69,36 @@ def token_logprobs_bwd(logits, targets, lse, grad_logp, temperature) -> torch.Te
     return grad
 
 
+def softmax_stats_fwd(logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
+    """Pass 1 of the two-pass loss, chunk by chunk: (logp, lse, entropy or None), [N] each in the compute
+    dtype, as the Triton backend's function of that name."""
+    n = logits.shape[0]
+    logp, lse = (torch.empty(n, dtype=_compute_dtype(logits), device=logits.device) for _ in range(2))
+    entropy = torch.empty_like(logp) if with_entropy else None
+    for i, j in _chunks(*logits.shape):
+        logp_all, lse[i:j] = _log_softmax_chunk(logits[i:j], temperature)
+        logp[i:j] = logp_all.gather(-1, targets[i:j].unsqueeze(-1)).squeeze(-1)
+        if with_entropy:
+            entropy[i:j] = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, lse, entropy
+
+
+def softmax_grad(logits, targets, lse, dlogp, temperature, out, entropy=None, dentropy=None):
+    """Pass 2, chunk by chunk: writes dL/dlogits into `out` ([N, V], may be `logits`) from the per-token
+    coefficients, dz = dlogp * (onehot - p) - dentropy * p * (log p + H), and returns it."""
+    for i, j in _chunks(*logits.shape):
+        logp_all, _ = _log_softmax_chunk(logits[i:j], temperature, lse[i:j], overwrite=out is logits)
+        g = dlogp[i:j].to(logp_all.dtype).unsqueeze(-1)
+        if dentropy is not None:
+            coef = dentropy[i:j].to(logp_all.dtype).unsqueeze(-1)
+            dz = logp_all.exp().mul_(logp_all.add_(entropy[i:j].unsqueeze(-1)).mul_(coef).add_(g)).neg_()
+        else:
+            dz = logp_all.exp_().mul_(-g)
+        dz.scatter_add_(-1, targets[i:j].unsqueeze(-1), g)
+        torch.mul(dz, 1.0 / temperature, out=out[i:j])
+    return out
+
+
 def grpo_rows_fwd(logits, targets, old_logp, advantages, weights, ref_logp, out, options: LossOptions):
     """One chunk of rows: softmax statistics, per-token terms, and dL/dlogits written to `out`. With
     `out is logits` the chunk also serves as scratch space: one chunk-sized temporary fewer. Returns

@@ -19,6 +19,12 @@ instead of the [N, V] logits and their gradient. For bf16 weights the accumulato
 size, plus one bf16 [V, H] product per chunk: weight-sized buffers, independent of N.
 Compute: 3 matmuls of 2*c*V*H flops per chunk (logits, grad_hidden, grad_W), as the unfused head's
 forward and backward; no recompute. The kept-token count costs one host sync per call.
+
+ratio_level="sequence" (GSPO): a sequence spans chunks, and no token's coefficient is known before its
+whole sequence's log-probs are. So a first pass computes every chunk's logits and softmax statistics
+(logp, logsumexp, entropy: O(N) kept), the per-token terms follow over all tokens, and the second pass
+computes each chunk's logits again for the gradient: 4 matmuls per chunk instead of 3, and one more read
+of each chunk's logits; the memory stays one chunk.
 """
 
 import torch
@@ -27,12 +33,13 @@ from .checks import (
     Backend,
     check_hidden_and_weight,
     check_reference,
+    check_sequence_index,
     check_targets,
     check_vector,
     resolve_backend,
 )
-from .grpo_loss import ROW_PASSES, SCALE
-from .policy_terms import STAT_NAMES, LossOptions, policy_terms, take_stored_grads
+from .grpo_loss import ROW_PASSES, SCALE, STATS, grad_pass
+from .policy_terms import LossOptions, policy_terms, stat_names, take_stored_grads
 
 # Logits elements per chunk when chunk_size is None. torch: the chunk math holds three fp32 chunks at
 # once (16 MiB each, 131 rows at V=32000); more rows speed the CPU matmuls up only a little. triton: rows
@@ -52,9 +59,9 @@ def _kept_rows(advantages, weights, options: LossOptions) -> torch.Tensor | None
 
 
 def grpo_loss_from_hidden_fwd(
-    hidden, weight, targets, vectors, options: LossOptions, *, rows, backend, needs_grad
+    hidden, weight, targets, vectors, options: LossOptions, *, rows, backend, needs_grad, sequence_index=None
 ):
-    """Loss, stats [6] and (grad_hidden, grad_weight), each None where `needs_grad` says so.
+    """Loss, stats and (grad_hidden, grad_weight), each None where `needs_grad` says so.
 
     `vectors` are (old_logp, advantages, weights, ref_logp), [N] or None.
     """
@@ -62,43 +69,95 @@ def grpo_loss_from_hidden_fwd(
     if kept is not None:
         targets = targets[kept]
         vectors = tuple(None if t is None else t[kept] for t in vectors)
+        sequence_index = None if sequence_index is None else sequence_index[kept]
     n_kept = targets.shape[0]
-    rows_fwd = ROW_PASSES[backend]
     dtype = torch.promote_types(hidden.dtype, torch.float32)
-    logp, entropy = (torch.empty(n_kept, dtype=dtype, device=hidden.device) for _ in range(2))
-    grad_hidden = torch.zeros_like(hidden) if needs_grad[0] else None
-    grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_grad[1] else None
-    for i in range(0, n_kept, rows):
-        j = min(i + rows, n_kept)
-        index = slice(i, j) if kept is None else kept[i:j]
-        h = hidden[index]  # [c, H]
-        logits = h @ weight.T  # [c, V]; the row passes overwrite it with its gradient
-        chunk = (targets[i:j], *(None if t is None else t[i:j] for t in vectors))
-        logp[i:j], entropy[i:j], _ = rows_fwd(logits, *chunk, logits, options)
-        if grad_hidden is not None:
-            grad_hidden[index] = logits @ weight
-        if grad_weight is None:
-            continue
-        if logits.dtype == dtype:
-            grad_weight.addmm_(logits.T, h)
+    grads = _GradAccumulator(hidden, weight, kept, dtype, needs_grad)
+    chunks = [(i, min(i + rows, n_kept)) for i in range(0, n_kept, rows)]
+    index = lambda i, j: slice(i, j) if kept is None else kept[i:j]
+    if options.ratio_level == "token":
+        logp, entropy = (torch.empty(n_kept, dtype=dtype, device=hidden.device) for _ in range(2))
+        for i, j in chunks:
+            logits = hidden[index(i, j)] @ weight.T  # [c, V]; the row passes overwrite it with its gradient
+            chunk = (targets[i:j], *(None if t is None else t[i:j] for t in vectors))
+            logp[i:j], entropy[i:j], _ = ROW_PASSES[backend](logits, *chunk, logits, options)
+            grads.add(logits, i, j)
+        terms = policy_terms(logp, entropy, *vectors, options)
+    else:
+        stats = [
+            STATS[backend](hidden[index(i, j)] @ weight.T, targets[i:j], options.temperature, True)
+            for i, j in chunks
+        ]
+        logp, lse, entropy = (_joined([s[k] for s in stats], n_kept, dtype, hidden.device) for k in range(3))
+        terms = policy_terms(logp, entropy, *vectors, options, sequence_index)
+        for i, j in chunks:  # pass 2: the logits again, now that every coefficient is known
+            logits = hidden[index(i, j)] @ weight.T
+            coefficients = (terms.dlogp[i:j], terms.dentropy[i:j])
+            grad_pass(backend, logits, targets[i:j], lse[i:j], entropy[i:j], *coefficients, logits, options)
+            grads.add(logits, i, j)
+    stats = torch.stack([terms.stats[name] for name in stat_names(options)])
+    return terms.loss, stats, grads.result()
+
+
+def _joined(parts, n, dtype, device) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.empty(n, dtype=dtype, device=device)
+
+
+class _GradAccumulator:
+    """grad_hidden [N, H] and grad_weight [V, H] (fp32 sums), from each chunk's dL/dlogits."""
+
+    def __init__(self, hidden, weight, kept, dtype, needs_grad):
+        self.hidden, self.weight, self.kept, self.dtype = hidden, weight, kept, dtype
+        self.grad_hidden = torch.zeros_like(hidden) if needs_grad[0] else None
+        self.grad_weight = (
+            torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_grad[1] else None
+        )
+
+    def add(self, dlogits: torch.Tensor, i: int, j: int) -> None:
+        index = slice(i, j) if self.kept is None else self.kept[i:j]
+        if self.grad_hidden is not None:
+            self.grad_hidden[index] = dlogits @ self.weight
+        if self.grad_weight is None:
+            return
+        h = self.hidden[index]
+        if dlogits.dtype == self.dtype:
+            self.grad_weight.addmm_(dlogits.T, h)
         else:  # bf16 / fp16: the matmul in that dtype, the sum over chunks in fp32
-            grad_weight += logits.T @ h
-    terms = policy_terms(logp, entropy, *vectors, options)
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
-    stats = torch.stack([terms.stats[name] for name in STAT_NAMES])
-    return terms.loss, stats, (grad_hidden, grad_weight)
+            self.grad_weight += dlogits.T @ h
+
+    def result(self):
+        grad_weight = None if self.grad_weight is None else self.grad_weight.to(self.weight.dtype)
+        return self.grad_hidden, grad_weight
 
 
 class _GRPOLossFromHidden(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, hidden, weight, targets, old_logp, advantages, weights, ref_logp, options, rows, backend
+        ctx,
+        hidden,
+        weight,
+        targets,
+        old_logp,
+        advantages,
+        weights,
+        ref_logp,
+        sequence_index,
+        options,
+        rows,
+        backend,
     ):
         vectors = (old_logp, advantages, weights, ref_logp)
         needs_grad = ctx.needs_input_grad[:2]
         loss, stats, ctx.stored_grads = grpo_loss_from_hidden_fwd(
-            hidden, weight, targets, vectors, options, rows=rows, backend=backend, needs_grad=needs_grad
+            hidden,
+            weight,
+            targets,
+            vectors,
+            options,
+            rows=rows,
+            backend=backend,
+            needs_grad=needs_grad,
+            sequence_index=sequence_index,
         )
         ctx.backend = backend
         ctx.mark_non_differentiable(stats)
@@ -109,7 +168,7 @@ class _GRPOLossFromHidden(torch.autograd.Function):
         grads = take_stored_grads(ctx, "grpo_loss_from_hidden")
         scale = grad_loss.float()  # fp32 on both backends, as the Triton scale kernel reads it
         grad_hidden, grad_weight = (None if g is None else SCALE[ctx.backend](g, scale) for g in grads)
-        return grad_hidden, grad_weight, *[None] * 8
+        return grad_hidden, grad_weight, *[None] * 9
 
 
 # Long for its signature and argument docs: the keyword contract of grpo_loss, spelled out once more.
@@ -123,6 +182,8 @@ def grpo_loss_from_hidden(
     *,
     temperature: float = 1.0,
     objective: str = "clipped",
+    ratio_level: str = "token",
+    sequence_index: torch.Tensor | None = None,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
@@ -140,8 +201,9 @@ def grpo_loss_from_hidden(
         hidden: [N, H] final hidden states (after the last norm) at the positions that predict the
             targets; fp32 / bf16 / fp16 (fp64 on the torch backend).
         weight: [V, H] the LM head's weight (for tied embeddings, the embedding matrix), hidden's dtype.
-        targets, old_logprobs, advantages, weights, temperature, objective, clip_low, clip_high, dual_clip,
-        positive_weight, negative_weight, ref_logprobs, kl_coef, entropy_coef: as in `grpo_loss`.
+        targets, old_logprobs, advantages, weights, temperature, objective, ratio_level, sequence_index,
+        clip_low, clip_high, dual_clip, positive_weight, negative_weight, ref_logprobs, kl_coef,
+        entropy_coef: as in `grpo_loss` (ratio_level="sequence" makes two passes: module docstring).
         chunk_size: kept tokens per chunk (one chunk of [chunk_size, V] logits exists at a time); None
             picks about 4M logits on the torch backend and 128M on triton.
         backend: "auto" (triton for CUDA tensors, torch otherwise), "triton" or "torch": which row passes
@@ -161,6 +223,7 @@ def grpo_loss_from_hidden(
     options = LossOptions(
         temperature=temperature,
         objective=objective,
+        ratio_level=ratio_level,
         clip_low=clip_low,
         clip_high=clip_high,
         dual_clip=dual_clip,
@@ -170,6 +233,7 @@ def grpo_loss_from_hidden(
         entropy_coef=entropy_coef,
     )
     check_reference(ref_logprobs, options.kl_coef)
+    check_sequence_index(sequence_index, hidden, needed=options.ratio_level == "sequence", against="hidden")
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS[backend] // weight.shape[0])
     elif not (isinstance(chunk_size, int) and chunk_size > 0):
@@ -182,8 +246,9 @@ def grpo_loss_from_hidden(
         advantages,
         weights,
         ref_logprobs,
+        sequence_index if options.ratio_level == "sequence" else None,
         options,
         chunk_size,
         backend,
     )
-    return loss, dict(zip(STAT_NAMES, stats.unbind(), strict=True))
+    return loss, dict(zip(stat_names(options), stats.unbind(), strict=True))

@@ -82,6 +82,8 @@ def grpo_loss(
     *,
     temperature: float = 1.0,
     objective: str = "clipped",
+    ratio_level: str = "token",
+    sequence_index: torch.Tensor | None = None,  # [N], runs of equal labels are sequences
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
@@ -101,9 +103,17 @@ def grpo_loss(
 
     A = advantages.to(dtype)
     w = weights.to(dtype)
+    sign_weight = torch.where(A > 0, positive_weight, torch.where(A < 0, negative_weight, 1.0))
+    kept = (w != 0) & (sign_weight != 0)
     old = logp.detach() if old_logprobs is None else old_logprobs.to(dtype)
     log_ratio = torch.clamp(logp - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
+    token_log_ratio, token_ratio = log_ratio, ratio
+    if ratio_level == "sequence":  # GSPO-token: s_i,t = sg(s_i) * pi(t) / sg(pi(t)), verl's form
+        _, sequence = torch.unique_consecutive(sequence_index, return_inverse=True)
+        seq_log_ratio = _sequence_means((logp - old).detach(), kept, sequence)  # [N], each token's s_i
+        log_ratio = torch.clamp(logp - logp.detach() + seq_log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        ratio = torch.exp(log_ratio)
     if objective == "cispo":  # CISPO: the clipped ratio as a constant weight of -A * logp
         pg = -A * torch.clamp(ratio, 1 - clip_low, 1 + clip_high).detach() * logp
         is_clipped = (ratio < 1 - clip_low) | (ratio > 1 + clip_high)
@@ -127,11 +137,9 @@ def grpo_loss(
         kl = torch.zeros_like(pg)
     total = total - entropy_coef * entropy
 
-    sign_weight = torch.where(A > 0, positive_weight, torch.where(A < 0, negative_weight, 1.0))
     loss = (w * sign_weight * total).sum()
 
     with torch.no_grad():
-        kept = (w != 0) & (sign_weight != 0)
         n_kept = kept.sum().float()
 
         def kept_mean(x: torch.Tensor) -> torch.Tensor:
@@ -140,9 +148,45 @@ def grpo_loss(
         stats = {
             "clip_fraction": kept_mean(is_clipped),
             "dual_clip_fraction": kept_mean(is_dual_clipped),
-            "approx_kl": kept_mean(ratio - 1 - log_ratio),  # k3 estimate of KL(old || current)
+            "approx_kl": kept_mean(token_ratio - 1 - token_log_ratio),  # k3 estimate of KL(old || current)
             "ref_kl": kept_mean(kl),
             "entropy": kept_mean(entropy),
             "kept_tokens": n_kept,
         }
+        if ratio_level == "sequence":
+            stats |= _sequence_stats(ratio.detach(), is_clipped, kept, sequence)
     return loss, stats
+
+
+def _sequence_means(x: torch.Tensor, kept: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+    """[N] the mean of x over the kept tokens of each token's sequence (0 for a sequence of none)."""
+    means = torch.zeros_like(x)
+    for i in sequence.unique():
+        member = sequence == i
+        chosen = member & kept
+        means[member] = x[chosen].mean() if chosen.any() else 0.0
+    return means
+
+
+def _sequence_stats(ratio, is_clipped, kept, sequence) -> dict[str, torch.Tensor]:
+    """Over the sequences with kept tokens: their ratio's mean, min and max, the share whose clip binds
+    (at any kept token), and their count; min and max 0 when there is none."""
+    ratios, clipped = [], []
+    for i in sequence.unique():
+        chosen = (sequence == i) & kept
+        if chosen.any():
+            ratios.append(ratio[chosen][0])
+            clipped.append(is_clipped[chosen].any())
+    if not ratios:
+        zero = torch.zeros((), dtype=torch.float32)
+        return dict.fromkeys(
+            ("seq_ratio_mean", "seq_ratio_min", "seq_ratio_max", "seq_clip_fraction"), zero
+        ) | {"kept_sequences": zero}
+    r, c = torch.stack(ratios), torch.stack(clipped)
+    return {
+        "seq_ratio_mean": r.mean().float(),
+        "seq_ratio_min": r.min().float(),
+        "seq_ratio_max": r.max().float(),
+        "seq_clip_fraction": c.double().mean().float(),
+        "kept_sequences": torch.tensor(float(len(ratios))),
+    }

@@ -43,6 +43,34 @@ def test_grpo_loss_compiles_fullgraph(backend):
     torch.testing.assert_close(x.grad, eager_x.grad, rtol=1e-5, atol=1e-8)
 
 
+def _gspo_loss(logits, targets, old, advantages, weights, sequence_index, backend):
+    # GSPO's sequence ratio: the segment sums trace without a host sync.
+    loss, stats = grpo_loss(
+        logits, targets, old, advantages, weights, ratio_level="sequence", sequence_index=sequence_index,
+        temperature=0.8, clip_low=0.05, clip_high=0.05, backend=backend,
+    )  # fmt: skip
+    return loss * 2.0, stats["seq_clip_fraction"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gspo_loss_compiles_fullgraph(backend):
+    torch._dynamo.reset()
+    logits, targets, old, advantages, weights, _ = loss_inputs(24, 96, seed=13)
+    index = torch.arange(24) // 5
+    eager_x = logits.clone().requires_grad_()
+    eager_loss, eager_clip = _gspo_loss(eager_x, targets, old, advantages, weights, index, backend)
+    eager_loss.backward()
+    compiled = torch.compile(_gspo_loss, fullgraph=True)
+    x = logits.clone().requires_grad_()
+    loss, clip = compiled(x, targets, old, advantages, weights, index, backend)
+    loss.backward()
+    assert eager_clip.item() > 0
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(clip, eager_clip)
+    torch.testing.assert_close(x.grad, eager_x.grad, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_token_logprobs_compiles_fullgraph(backend):

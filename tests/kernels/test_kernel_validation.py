@@ -105,6 +105,7 @@ def test_group_advantages_rejects_bad_input(backend, rewards, options, message):
 VALID_OPTIONS = dict(
     temperature=1.0,
     objective="clipped",
+    ratio_level="token",
     clip_low=0.2,
     clip_high=0.2,
     dual_clip=None,
@@ -126,6 +127,7 @@ BAD_OPTION_VALUES = {
     "negative_weight_nan": ("negative_weight", float("nan"), "negative_weight must be >= 0"),
     "kl_coef_negative": ("kl_coef", -0.01, "kl_coef must be >= 0"),
     "objective_unknown": ("objective", "gspo_token", "objective must be one of"),
+    "ratio_level_unknown": ("ratio_level", "group", "ratio_level must be one of"),
 }
 
 
