@@ -64,6 +64,13 @@ class Objective(Choice):
     cispo = "cispo"  # CISPO (arXiv 2506.13585): -sg(clip(rho)) A logp, every token keeps a gradient
 
 
+class RatioLevel(Choice):
+    """What the clipped loss's ratio measures (lrm_fast/kernels/policy_terms.py)."""
+
+    token = "token"  # each token's own: PPO, GRPO
+    sequence = "sequence"  # its sequence's geometric mean, clipped per sequence: GSPO (arXiv 2507.18071)
+
+
 class CorrectionLevel(Choice):
     """Which trainer / sampler ratio weighs a token (lrm_fast/training/sampler_correction.py)."""
 

@@ -23,6 +23,7 @@ from lrm_fast.config.choices import (
     ModelSource,
     Objective,
     PackedAttention,
+    RatioLevel,
     Regime,
     Reward,
     RolloutEngine,
@@ -217,6 +218,10 @@ class LossConfig:
     # clip_high bound the ratio of either, [1 - clip_low, 1 + clip_high] (cispo: clip_low up to 1, no
     # lower bound; no dual_clip).
     objective: Objective = Objective.clipped
+    # token (each token's ratio) or sequence (GSPO: the geometric mean of the sequence's token ratios,
+    # clipped per sequence; objective=clipped and no dual_clip). Acts from a rollout batch's second
+    # optimizer step on (trainer.mini_batches or trainer.epochs > 1): before it, every ratio is 1.
+    ratio_level: RatioLevel = RatioLevel.token
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None

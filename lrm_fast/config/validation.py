@@ -16,6 +16,7 @@ from lrm_fast.config.choices import (
     Injection,
     ModelSource,
     Objective,
+    RatioLevel,
     Regime,
     Sampling,
     Truncated,
@@ -144,6 +145,13 @@ def _validate_loss(cfg: TrainConfig) -> None:
             raise ValueError("loss.dual_clip caps PPO's clipped loss; loss.objective=cispo has none")
     else:
         _check(0 <= loss.clip_low < 1, "loss.clip_low", "in [0, 1)", loss.clip_low)
+    if RatioLevel(loss.ratio_level) == RatioLevel.sequence:
+        if Objective(loss.objective) != Objective.clipped:
+            raise ValueError("loss.ratio_level=sequence is GSPO's clipped loss; set loss.objective=clipped")
+        if loss.dual_clip is not None:
+            raise ValueError(
+                "loss.dual_clip caps PPO's token loss; loss.ratio_level=sequence (GSPO) has none"
+            )
     _at_least("loss.clip_high", loss.clip_high, 0)
     if loss.dual_clip is not None:
         _check(loss.dual_clip > 1, "loss.dual_clip", "> 1 (or null: off)", loss.dual_clip)

@@ -6,7 +6,7 @@ that add keys; the trainer's rows are tested against it.
 """
 
 from lrm_fast.config import TrainConfig
-from lrm_fast.config.choices import AdvantageEstimator, Sampling, Truncated
+from lrm_fast.config.choices import AdvantageEstimator, RatioLevel, Sampling, Truncated
 from lrm_fast.levers.dynamic_sampling import Selection
 from lrm_fast.levers.scoring import lever_metrics
 from lrm_fast.training.sampler_correction import MISMATCH_SUMS, SamplerCorrection
@@ -75,6 +75,8 @@ def update_metrics(update, lr: float) -> dict[str, float]:
         "optim/lr": lr,
         # Sampler vs trainer log-probs (rollout.log_mismatch / tis_cap); absent when not measured.
         **{f"rollout/{k}": update.stats[k] for k in MISMATCH_SUMS[:-1] if k in update.stats},
+        # loss.ratio_level=sequence: the sequence ratios (GSPO).
+        **{f"loss/{k}": update.stats[k] for k in SEQUENCE_STATS if k in update.stats},
     }
 
 
@@ -171,6 +173,7 @@ ASYNC_KEYS = ("async/overlap_s", "async/staleness", "async/sampling_s")
 # when a step forwarded at least one sampled token (injected tokens have no sampler log-prob).
 MISMATCH_KEYS = tuple(f"rollout/{k}" for k in MISMATCH_SUMS[:-1])
 EVAL_KEYS = ("eval/accuracy",)  # rows of their own, at eval.every steps
+SEQUENCE_STATS = ("seq_ratio_mean", "seq_ratio_min", "seq_ratio_max", "seq_clip_fraction", "kept_sequences")
 
 
 def step_metric_keys(cfg: TrainConfig, asynchronous: bool) -> tuple[frozenset[str], frozenset[str]]:
@@ -186,6 +189,8 @@ def step_metric_keys(cfg: TrainConfig, asynchronous: bool) -> tuple[frozenset[st
         "reward/kl_penalty": reward.kl_coef > 0,
         "advantage/batch_std": cfg.loss.advantage_estimator == AdvantageEstimator.reinforce_pp,
     }
+    if RatioLevel(cfg.loss.ratio_level) == RatioLevel.sequence:
+        levers |= {f"loss/{k}": True for k in SEQUENCE_STATS}
     always = {*STEP_KEYS, *(key for key, on in levers.items() if on)}
     if cfg.sampling.name == Sampling.dynamic:
         always |= set(SAMPLING_KEYS)

@@ -20,7 +20,7 @@ import torch
 
 from lrm_fast.batching.micro_batches import MicroBatch, collate, micro_batches, model_inputs
 from lrm_fast.config import LossConfig
-from lrm_fast.config.choices import Objective, PackedAttention
+from lrm_fast.config.choices import Objective, PackedAttention, RatioLevel
 from lrm_fast.kernels import grpo_loss, grpo_loss_from_hidden, token_logprobs
 from lrm_fast.kernels.reference import LOG_RATIO_CLAMP
 from lrm_fast.model.attention import packed_attention
@@ -34,6 +34,10 @@ from lrm_fast.training.sampler_correction import (
 )
 
 SUMMED_STATS = ("clip_fraction", "dual_clip_fraction", "approx_kl", "ref_kl", "entropy")
+# loss.ratio_level=sequence: the means over sequences, weighted by their count (kept_sequences); the
+# extremes are reduced as such, over micro-batches, ranks and the optimizer steps of a batch.
+SEQUENCE_MEANS = ("seq_ratio_mean", "seq_clip_fraction")
+SEQUENCE_EXTREMES = {"seq_ratio_min": min, "seq_ratio_max": max}
 
 # Clip bounds that never bind: the kernels' ratio is exp of a log-ratio clamped to +-LOG_RATIO_CLAMP, so
 # it stays inside [e^-20, e^20] and the clipped loss max(-A rho, -A clip(rho)) is -A rho. The study's
@@ -117,6 +121,7 @@ def micro_batch_loss(
     inputs, logits_of = _policy_forward(model, batch, loss_cfg)
     weights, mismatch = _token_weights(batch, shaped, logits_of, loss_cfg, temperature, correction)
     loss_fn = grpo_loss_from_hidden if loss_cfg.fused_head else grpo_loss
+    sequence_level = RatioLevel(loss_cfg.ratio_level) == RatioLevel.sequence
     unclipped = shaping_gamma is not None and not clip_policy_tokens
     clip = NO_CLIP if unclipped else {"clip_low": loss_cfg.clip_low, "clip_high": loss_cfg.clip_high}
     loss, stats = loss_fn(
@@ -127,6 +132,8 @@ def micro_batch_loss(
         weights,
         temperature=temperature,
         objective=Objective(loss_cfg.objective).value,
+        ratio_level=RatioLevel(loss_cfg.ratio_level).value,
+        sequence_index=batch.sequence_index() if sequence_level else None,
         **clip,
         dual_clip=loss_cfg.dual_clip,
         ref_logprobs=ref_logprobs,
@@ -234,6 +241,7 @@ def policy_update(
     device = _device_of(model)
     totals = torch.zeros(len(SUMMED_STATS) + 2, dtype=torch.float64)  # stats * kept, kept, loss
     mismatch = torch.zeros(len(MISMATCH_SUMS), dtype=torch.float64)
+    sequences = _SequenceTotals() if RatioLevel(loss_cfg.ratio_level) == RatioLevel.sequence else None
     for i in range(_agreed_count(len(batches))):
         if i >= len(batches):
             _zero_loss_pass(model, device)
@@ -248,11 +256,46 @@ def policy_update(
             kept = stats["kept_tokens"].item()
         totals += torch.tensor([stats[k].item() * kept for k in SUMMED_STATS] + [kept, loss.item()])
         mismatch += stats["mismatch"]
+        if sequences is not None:
+            sequences.add(stats)
     all_reduce(totals)
     all_reduce(mismatch)
     loss = totals[-1].item()
     grad_norm, nonfinite = _clipped_step(model, optimizer, grad_clip, loss_finite=math.isfinite(loss))
-    return UpdateResult(loss, grad_norm, nonfinite, _mean_stats(totals, mismatch))
+    stats = _mean_stats(totals, mismatch) | ({} if sequences is None else sequences.reduced())
+    return UpdateResult(loss, grad_norm, nonfinite, stats)
+
+
+class _SequenceTotals:
+    """The sequence-ratio stats of loss.ratio_level=sequence, over micro-batches and then ranks."""
+
+    def __init__(self):
+        self.sums = torch.zeros(len(SEQUENCE_MEANS) + 1, dtype=torch.float64)  # means * count, count
+        self.low = torch.full((1,), math.inf, dtype=torch.float64)
+        self.high = torch.full((1,), -math.inf, dtype=torch.float64)
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        count = stats["kept_sequences"].item()
+        if count == 0:  # no sequence: its min and max are placeholders
+            return
+        self.sums += torch.tensor([stats[k].item() * count for k in SEQUENCE_MEANS] + [count])
+        self.low.clamp_(max=stats["seq_ratio_min"].item())
+        self.high.clamp_(min=stats["seq_ratio_max"].item())
+
+    def reduced(self) -> dict[str, float]:
+        """The stats over every rank (a collective: every rank calls it); min and max 0 without sequences."""
+        all_reduce(self.sums)
+        all_reduce(self.low, op=torch.distributed.ReduceOp.MIN)
+        all_reduce(self.high, op=torch.distributed.ReduceOp.MAX)
+        count = self.sums[-1].item()
+        if count == 0:
+            return dict.fromkeys((*SEQUENCE_MEANS, *SEQUENCE_EXTREMES), 0.0) | {"kept_sequences": 0.0}
+        stats = {k: self.sums[i].item() / count for i, k in enumerate(SEQUENCE_MEANS)}
+        return stats | {
+            "seq_ratio_min": self.low.item(),
+            "seq_ratio_max": self.high.item(),
+            "kept_sequences": count,
+        }
 
 
 def policy_updates(
@@ -342,6 +385,12 @@ def _combined(results: list[UpdateResult]) -> UpdateResult:
     keys = dict.fromkeys(key for r in carried for key in r.stats)
     stats = {key: mean([r.stats[key] for r in carried if key in r.stats]) for key in keys}
     stats["kept_tokens"] = sum(r.stats["kept_tokens"] for r in results)
+    if "kept_sequences" in stats:
+        stats["kept_sequences"] = sum(r.stats.get("kept_sequences", 0.0) for r in results)
+    for key, extreme in SEQUENCE_EXTREMES.items():
+        values = [r.stats[key] for r in carried if r.stats.get("kept_sequences")]
+        if values:
+            stats[key] = extreme(values)
     loss, grad_norm = mean([r.loss for r in results]), mean([r.grad_norm for r in results])
     return UpdateResult(loss, grad_norm, results[-1].nonfinite, stats, steps=len(results))
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from lrm_fast.cli.configs import register_configs
 from lrm_fast.cli.stages import LONG_STAGES
 from lrm_fast.config import LongDifficultyConfig, TrainConfig, check_inputs, validate
-from lrm_fast.config.choices import AdvantageEstimator, CorrectionLevel, CorrectionMode, Objective
+from lrm_fast.config.choices import AdvantageEstimator, CorrectionLevel, CorrectionMode, Objective, RatioLevel
 from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.model.cold_start import teacher_problems
 from lrm_fast.training.assembly import policy_path
@@ -161,6 +161,14 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
             {"loss": {"advantage_estimator": AdvantageEstimator.rloo}},
             "loss.advantage_estimator=rloo takes loss.advantage_scale=none",
         ),
+        (
+            {"loss": {"ratio_level": RatioLevel.sequence, "objective": Objective.cispo, "clip_low": 1.0}},
+            "loss.ratio_level=sequence is GSPO's clipped loss; set loss.objective=clipped",
+        ),
+        (
+            {"loss": {"ratio_level": RatioLevel.sequence, "dual_clip": 3.0}},
+            "loss.ratio_level=sequence \\(GSPO\\) has none",
+        ),
         ({"rollout": {"correction_low": 0.5}}, "rollout.correction_low bounds the mask"),
         ({"rollout": {"correction_mode": CorrectionMode.mask}}, "correction_mode=mask needs a bound"),
         ({"rollout": {"correction_level": CorrectionLevel.sequence}}, "correction_level=sequence needs"),
@@ -186,6 +194,8 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
         "cispo_clip_low",
         "cispo_dual_clip",
         "rloo_group_std",
+        "gspo_cispo",
+        "gspo_dual_clip",
         "correction_low_without_mask",
         "mask_without_bound",
         "sequence_without_bound",

@@ -41,7 +41,7 @@ FACTORS = {
     "packing": [False, True],
     "truncated": ["keep", "mask", "filter"],
     "estimator": ["grpo", "rloo", "reinforce_pp"],
-    "objective": ["clipped", "cispo"],
+    "objective": ["clipped", "cispo", "gspo"],  # gspo: the clipped loss with ratio_level=sequence
     "correction": ["off", "token_mask", "sequence_truncate"],
 }
 CASES = covering_array(FACTORS, seed=0)
@@ -70,7 +70,8 @@ def overrides(case: dict) -> dict:
         "reward.truncated": case["truncated"],
         "loss.advantage_estimator": case["estimator"],
         "loss.advantage_scale": "std" if case["estimator"] == "grpo" else "none",
-        "loss.objective": case["objective"],
+        "loss.objective": "clipped" if case["objective"] == "gspo" else case["objective"],
+        "loss.ratio_level": "sequence" if case["objective"] == "gspo" else "token",
     }
     if case["correction"] != "off":  # the sampler is the policy: the wiring is what is checked here
         level, mode = case["correction"].split("_")
