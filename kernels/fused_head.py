@@ -39,7 +39,7 @@ from .checks import (
     resolve_backend,
 )
 from .grpo_loss import ROW_PASSES, SCALE, STATS, grad_pass
-from .policy_terms import LossOptions, policy_terms, stat_names, take_stored_grads
+from .policy_terms import LossOptions, policy_terms, segments, stat_names, take_stored_grads
 
 # Logits elements per chunk when chunk_size is None. torch: the chunk math holds three fp32 chunks at
 # once (16 MiB each, 131 rows at V=32000); more rows speed the CPU matmuls up only a little. triton: rows
@@ -65,6 +65,8 @@ def grpo_loss_from_hidden_fwd(
 
     `vectors` are (old_logp, advantages, weights, ref_logp), [N] or None.
     """
+    if sequence_index is not None:  # runs numbered before rows drop: a dropped run must not join two others
+        sequence_index = segments(sequence_index, len(targets))
     kept = _kept_rows(vectors[1], vectors[2], options)
     if kept is not None:
         targets = targets[kept]

@@ -47,7 +47,9 @@ OBJECTIVES = ("clipped", "cispo")
 #             gspo): d pg_t / d logp_t = -A s_i where the clip does not bind, so each token's gradient
 #             carries its own weight. That equals GSPO's sequence gradient, d(-A s_i)/d logp_t summed over
 #             the weights of i, whenever the weights are constant over each sequence's kept tokens, as
-#             every aggregation of the trainer makes them.
+#             every aggregation of the trainer makes them. A token-level rollout correction multiplies
+#             each token's weight by its own factor; then each token's gradient carries it, as in verl
+#             (its rollout_is_weights times the GSPO token losses), not GSPO's sequence gradient.
 RATIO_LEVELS = ("token", "sequence")
 
 

@@ -329,7 +329,7 @@ def policy_updates(
         results.append(policy_update(model, ref_model, optimizer, batches, *settings))
         if results[-1].skipped:
             break
-    return _combined(results)
+    return combine_steps(results)
 
 
 @torch.no_grad()
@@ -373,11 +373,12 @@ def response_log_ratios(model, ref_model, samples, loss_cfg: LossConfig, tempera
     return [sums.get(id(s), 0.0) for s in samples]
 
 
-def _combined(results: list[UpdateResult]) -> UpdateResult:
+def combine_steps(results: list[UpdateResult]) -> UpdateResult:
     """Several optimizer steps as one result: loss and gradient norm averaged over the steps, the stats
     over the steps that carried tokens (an empty mini-batch has none to measure), each over the steps
-    that report it (the sampler mismatch needs sampled tokens), kept_tokens summed; `nonfinite` is the
-    last step's (the one that ended the update)."""
+    that report it (the sampler mismatch needs sampled tokens), kept_tokens summed; the sequence ratios'
+    means weighted by their sequences, their min and max over the steps; `nonfinite` is the last step's
+    (the one that ended the update)."""
     if len(results) == 1:
         return results[0]
     mean = lambda values: sum(values) / len(values)
@@ -386,7 +387,12 @@ def _combined(results: list[UpdateResult]) -> UpdateResult:
     stats = {key: mean([r.stats[key] for r in carried if key in r.stats]) for key in keys}
     stats["kept_tokens"] = sum(r.stats["kept_tokens"] for r in results)
     if "kept_sequences" in stats:
-        stats["kept_sequences"] = sum(r.stats.get("kept_sequences", 0.0) for r in results)
+        counts = [r.stats["kept_sequences"] for r in results]
+        stats["kept_sequences"] = sum(counts)
+        for key in SEQUENCE_MEANS:
+            stats[key] = sum(r.stats[key] * n for r, n in zip(results, counts, strict=True)) / max(
+                sum(counts), 1
+            )
     for key, extreme in SEQUENCE_EXTREMES.items():
         values = [r.stats[key] for r in carried if r.stats.get("kept_sequences")]
         if values:

@@ -192,6 +192,44 @@ def test_fused_head_gspo_matches_the_reference_across_chunks(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_head_keeps_apart_runs_around_a_dropped_sequence(backend):
+    """Labels reused by every other sequence (0, 1, 0, ...), and the sequence between two runs of label 1
+    dropped (weight 0): the fused head drops its rows before the head, yet the two runs stay two
+    sequences, as on the logits path."""
+    g = torch.Generator().manual_seed(9)
+    n = sum(LENGTHS)
+    hidden, weight = torch.randn(n, 16, generator=g), torch.randn(61, 16, generator=g) * 0.5
+    logits = hidden @ weight.T
+    _, targets, old, advantages, weights, index = _sequences(seed=9, logits=logits)
+    assert weights[index == 5].eq(0).all()  # sequence 5 is dropped, between sequences 4 and 6
+    labels = index % 2
+    options = _options()
+    x = logits.clone().requires_grad_()
+    loss, stats = grpo_loss(
+        x, targets, old, advantages, weights, sequence_index=labels, backend=backend, **options
+    )
+    loss.backward()
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    fused, fused_stats = grpo_loss_from_hidden(
+        h,
+        w,
+        targets,
+        old,
+        advantages,
+        weights,
+        sequence_index=labels,
+        chunk_size=7,
+        backend=backend,
+        **options,
+    )
+    fused.backward()
+    assert stats["kept_sequences"].item() == fused_stats["kept_sequences"].item() == 7
+    assert rel_err(fused, loss) <= 1e-5 and rel_err(h.grad, x.grad @ weight) <= 1e-5
+    for name in stats:
+        assert fused_stats[name].item() == pytest.approx(stats[name].item(), rel=1e-5, abs=1e-6), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gspo_is_invariant_to_the_cut_into_micro_batches(backend):
     """Weights normalised over the whole batch: the losses and gradients of two micro-batches, cut between
     sequences, add up to the whole batch's."""

@@ -11,7 +11,13 @@ from lrm_fast.batching import samples as B
 from lrm_fast.config import LossConfig
 from lrm_fast.config.choices import LRSchedule
 from lrm_fast.model.optim import adamw
-from lrm_fast.training.update import policy_update, policy_updates, record_old_logprobs
+from lrm_fast.training.update import (
+    UpdateResult,
+    combine_steps,
+    policy_update,
+    policy_updates,
+    record_old_logprobs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,3 +110,23 @@ def _update_once(loss: LossConfig):
     (batches,) = _mini_batches(loss, count=1)
     result = policy_updates(model, None, optimizer, [batches], loss, 1.0, 1.0)
     return result, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_a_batchs_steps_weight_the_sequence_means_by_their_sequences():
+    """Mini-batches of 1 and 3 sequences: the batch's sequence means are over its 4 sequences, the
+    extremes over both steps, the count their sum."""
+    stats = dict(clip_fraction=0.0, dual_clip_fraction=0.0, approx_kl=0.0, ref_kl=0.0, entropy=1.0)
+    steps = [
+        UpdateResult(0.1, 1.0, None, stats | dict(kept_tokens=5.0, kept_sequences=1.0, seq_ratio_mean=1.0,
+                     seq_ratio_min=1.0, seq_ratio_max=1.0, seq_clip_fraction=0.0)),
+        UpdateResult(0.1, 1.0, None, stats | dict(kept_tokens=15.0, kept_sequences=3.0, seq_ratio_mean=1.2,
+                     seq_ratio_min=0.9, seq_ratio_max=1.5, seq_clip_fraction=2 / 3)),
+    ]  # fmt: skip
+    combined = combine_steps(steps).stats
+    assert combined["seq_ratio_mean"] == pytest.approx((1.0 + 3 * 1.2) / 4)
+    assert combined["seq_clip_fraction"] == pytest.approx(2 / 4)
+    assert (combined["seq_ratio_min"], combined["seq_ratio_max"], combined["kept_sequences"]) == (
+        0.9,
+        1.5,
+        4.0,
+    )
