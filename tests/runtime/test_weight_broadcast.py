@@ -1,0 +1,40 @@
+"""benchmarks/weight_broadcast.py: the weights of a model's shape reach a second process over a gloo
+broadcast, bucket by bucket, unchanged."""
+
+import argparse
+
+import pytest
+import torch
+
+from benchmarks import weight_broadcast
+
+
+@pytest.mark.slow  # two spawned processes importing transformers: about 30 s
+def test_every_tensor_arrives_unchanged_over_several_buckets():
+    shapes = weight_broadcast.state_shapes("tiny-long-v32k")
+    nbytes = 2 * sum(s.numel() for _, s in shapes)  # bf16
+    args = argparse.Namespace(shape="tiny-long-v32k", dtype="bf16", bucket_mb=1, repeats=1, copy_gib=0.01)
+    result = weight_broadcast.measure(args)
+    assert result["equal"] and result["bytes"] == nbytes and result["tensors"] == len(shapes)
+    meta = [torch.empty(s, dtype=torch.bfloat16, device="meta") for _, s in shapes]
+    assert result["buckets"] == len(weight_broadcast.buckets(meta, 2**20)) >= 3  # several broadcasts
+    assert result["gbps"] > 0 and result["copy_gbps"] > 0
+
+
+def test_buckets_hold_the_tensors_in_order():
+    tensors = [torch.zeros(n, dtype=torch.uint8) for n in (3, 5, 2, 7, 1)]
+    assert weight_broadcast.buckets(tensors, 6) == [[0, 1], [2, 3], [4]]
+    assert weight_broadcast.buckets(tensors, 100) == [[0, 1, 2, 3, 4]]
+
+
+def test_a_changed_byte_changes_the_checksum():
+    a = torch.randn(1000).to(torch.bfloat16)
+    b = a.clone()
+    b.view(torch.uint8)[17] ^= 1
+    c = a.clone()
+    c.view(torch.uint8)[[3, 4]] = c.view(torch.uint8)[[4, 3]]  # two bytes swapped
+    sums = weight_broadcast.checksums([a, a.clone(), b, c])
+    assert sums[0] == sums[1] and sums[0] != sums[2] and sums[0] != sums[3]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
