@@ -24,19 +24,22 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lrm_fast.config import TinyModelConfig
-from lrm_fast.model.causal_lm import tiny_qwen2_config
-
 from .copy_bandwidth import copy_gbps
-from .update_at_length import SHAPES
 
+SHAPE_NAMES = ("qwen2.5-1.5b", "tiny-long-v32k")  # benchmarks/update_at_length.py's SHAPES
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def state_shapes(shape: str) -> list[tuple[str, torch.Size]]:
     """(name, shape) of every tensor in the state dict of a Qwen2 model of `shape` (built on the meta
     device: no memory), the tied head once."""
+    # Imported here: the two spawned processes get the shapes and need none of it.
     from transformers import AutoModelForCausalLM
+
+    from lrm_fast.config import TinyModelConfig
+    from lrm_fast.model.causal_lm import tiny_qwen2_config
+
+    from .update_at_length import SHAPES
 
     settings = dict(SHAPES[shape])
     vocab_size, num_kv_heads = settings.pop("vocab_size"), settings.pop("num_kv_heads")
@@ -74,22 +77,26 @@ def sync(tensors: list[torch.Tensor], groups: list[list[int]], rank: int) -> Non
                 t.copy_(chunk.view_as(t))
 
 
-def checksums(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Per tensor, its bytes weighted by their position (mod 251) and summed in float64: equal tensors give
-    equal sums, and a byte moved or changed almost surely changes one."""
+def checksums(tensors: list[torch.Tensor], chunk: int = 1 << 24) -> torch.Tensor:
+    """Per tensor, its bytes weighted by their position (mod 251) and summed in float64, `chunk` bytes at
+    a time (a float64 copy of a whole embedding would be 8 times its size): equal tensors give equal sums,
+    and a byte moved or changed almost surely changes one."""
     sums = []
     for t in tensors:
-        data = t.reshape(-1).view(torch.uint8).double()
-        sums.append((data * (torch.arange(len(data), dtype=torch.float64) % 251 + 1)).sum())
+        data, total = t.reshape(-1).view(torch.uint8), torch.zeros((), dtype=torch.float64)
+        for start in range(0, len(data), chunk):
+            part = data[start : start + chunk].double()
+            position = torch.arange(start, start + len(part), dtype=torch.float64) % 251 + 1
+            total += (part * position).sum()
+        sums.append(total)
     return torch.stack(sums)
 
 
-def _worker(rank: int, args, init_file: str, queue) -> None:
+def _worker(rank: int, args, shapes, init_file: str, queue) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     g = torch.Generator().manual_seed(0)
     dtype = DTYPES[args.dtype]
-    shapes = state_shapes(args.shape)
     if rank == 0:
         tensors = [torch.randn(s, generator=g).to(dtype) for _, s in shapes]
     else:
@@ -120,7 +127,8 @@ def measure(args) -> dict:
     """The broadcast's figures (two spawned processes), then the copy bandwidth of this process."""
     with tempfile.TemporaryDirectory() as folder:
         queue = mp.get_context("spawn").SimpleQueue()
-        mp.spawn(_worker, args=(args, os.path.join(folder, "init"), queue), nprocs=2, join=True)
+        shapes = state_shapes(args.shape)
+        mp.spawn(_worker, args=(args, shapes, os.path.join(folder, "init"), queue), nprocs=2, join=True)
         result = queue.get()
     result["copy_gbps"] = copy_gbps(torch.device("cpu"), int(args.copy_gib * 2**30), repeats=5)
     return result
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
+    parser.add_argument("--shape", choices=SHAPE_NAMES, default="qwen2.5-1.5b")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--bucket-mb", type=int, default=512)  # rollout.sync_bucket_mb's default
     parser.add_argument("--repeats", type=int, default=3)

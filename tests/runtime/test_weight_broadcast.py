@@ -9,7 +9,6 @@ import torch
 from benchmarks import weight_broadcast
 
 
-@pytest.mark.slow  # two spawned processes importing transformers: about 30 s
 def test_every_tensor_arrives_unchanged_over_several_buckets():
     shapes = weight_broadcast.state_shapes("tiny-long-v32k")
     nbytes = 2 * sum(s.numel() for _, s in shapes)  # bf16
@@ -19,6 +18,12 @@ def test_every_tensor_arrives_unchanged_over_several_buckets():
     meta = [torch.empty(s, dtype=torch.bfloat16, device="meta") for _, s in shapes]
     assert result["buckets"] == len(weight_broadcast.buckets(meta, 2**20)) >= 3  # several broadcasts
     assert result["gbps"] > 0 and result["copy_gbps"] > 0
+
+
+def test_the_shapes_offered_are_those_of_the_update_benchmark():
+    from benchmarks.update_at_length import SHAPES
+
+    assert set(weight_broadcast.SHAPE_NAMES) == set(SHAPES)
 
 
 def test_buckets_hold_the_tensors_in_order():
