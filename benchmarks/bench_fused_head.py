@@ -99,12 +99,14 @@ def make_head_inputs(preset: HeadPreset, seed: int = 0) -> HeadInputs:
     )
 
 
-def _forward(provider: str, inputs: HeadInputs):
-    """A call returning the scalar loss (differentiable in inputs.hidden and inputs.weight)."""
+def _forward(provider: str, inputs: HeadInputs, extra: dict | None = None):
+    """A call returning the scalar loss (differentiable in inputs.hidden and inputs.weight); `extra`
+    options go to ours."""
     hidden, weight = inputs.hidden, inputs.weight
     args = (inputs.targets, inputs.old_logprobs, inputs.advantages, inputs.weights)
     if provider in ("triton", "torch"):
-        return lambda: grpo_loss_from_hidden(hidden, weight, *args, backend=provider, **OPTIONS)[0]
+        options = OPTIONS | (extra or {})
+        return lambda: grpo_loss_from_hidden(hidden, weight, *args, backend=provider, **options)[0]
     if provider == "logits":
         return lambda: grpo_loss(hidden @ weight.T, *args, **OPTIONS)[0]
     if provider == "liger":
@@ -147,10 +149,17 @@ CASES = [
 @pytest.mark.parametrize(("preset", "provider"), CASES)
 def test_fused_head(benchmark, results, preset, provider):
     inputs = make_head_inputs(preset)
-    forward = _forward(provider, inputs)
+    _measure_full(benchmark, results, preset, provider, inputs, _forward(provider, inputs))
+    median = benchmark.stats.stats.median if benchmark.stats else None
+    flops = 6 * preset.n * preset.vocab * preset.hidden
+    benchmark.extra_info["tflops"] = flops / median / 1e12 if median else None
+
+
+def _measure_full(benchmark, results, preset, provider, inputs, forward):
+    """Time forward + backward of `forward`, the previous round's gradients dropped outside the timed call."""
     device = torch.device(preset.device)
 
-    def setup():  # the previous round's gradients are dropped outside the timed call
+    def setup():
         inputs.hidden.grad = inputs.weight.grad = None
         synchronize(device)
         return (), {}
@@ -161,15 +170,11 @@ def test_fused_head(benchmark, results, preset, provider):
 
     if benchmark.enabled and provider == "logits" and device.type == "cuda":
         target(*setup()[0])  # its grpo_loss is Triton: compile (or find the cache) before measuring
-    size = inputs.hidden.element_size()
-    floor_bytes = 2 * (preset.n + preset.vocab) * preset.hidden * size
+    floor_bytes = 2 * (preset.n + preset.vocab) * preset.hidden * inputs.hidden.element_size()
     measure(
         benchmark, results, op="fused_head", preset=preset, provider=provider, mode="full",
         setup=setup, target=target, floor_bytes=floor_bytes,
     )  # fmt: skip
-    median = benchmark.stats.stats.median if benchmark.stats else None
-    flops = 6 * preset.n * preset.vocab * preset.hidden
-    benchmark.extra_info["tflops"] = flops / median / 1e12 if median else None
 
 
 LEVEL_CASES = [
@@ -190,25 +195,6 @@ def test_fused_head_ratio_level(benchmark, results, preset, provider, level):
     if provider == "liger":
         forward = _liger_forward(inputs, level)
     else:
-        args = (inputs.targets, inputs.old_logprobs, inputs.advantages, inputs.weights)
         index = torch.arange(preset.n, device=inputs.targets.device) // inputs.seq_len
-        options = OPTIONS | {"ratio_level": level, "sequence_index": index}
-        forward = lambda: grpo_loss_from_hidden(
-            inputs.hidden, inputs.weight, *args, backend=provider, **options
-        )[0]
-    device = torch.device(preset.device)
-
-    def setup():
-        inputs.hidden.grad = inputs.weight.grad = None
-        synchronize(device)
-        return (), {}
-
-    def target():
-        forward().backward()
-        synchronize(device)
-
-    floor_bytes = 2 * (preset.n + preset.vocab) * preset.hidden * inputs.hidden.element_size()
-    measure(
-        benchmark, results, op="fused_head", preset=preset, provider=f"{provider}-{level}", mode="full",
-        setup=setup, target=target, floor_bytes=floor_bytes,
-    )  # fmt: skip
+        forward = _forward(provider, inputs, {"ratio_level": level, "sequence_index": index})
+    _measure_full(benchmark, results, preset, f"{provider}-{level}", inputs, forward)
