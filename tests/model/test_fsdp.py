@@ -2,11 +2,11 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from processes import free_port
 from trainer_fixtures import synthetic_samples, tiny_model
 
 from lrm_fast.batching import micro_batches as M
@@ -57,17 +57,11 @@ def _worker(rank: int, world_size: int, port: int, out_path: str) -> None:
     os._exit(0)  # FSDP2 on gloo occasionally aborts in interpreter teardown
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fsdp_two_ranks_match_single_process(tmp_path):
     out = tmp_path / "rank0.json"
-    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
     distributed = json.loads(out.read_text())
     assert distributed["rollouts"] == 2
     single = _train(tiny_model(seed=0), rank=0, world_size=1)

@@ -3,11 +3,11 @@ counts per rank, two optimizer steps per rollout batch, the same numbers as one 
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from processes import free_port
 from trainer_fixtures import synthetic_samples, tiny_model
 
 from lrm_fast.batching import micro_batches as M
@@ -63,12 +63,6 @@ def _worker(rank: int, world_size: int, port: int, out_path: str) -> None:
     os._exit(0)  # FSDP2 on gloo occasionally aborts in interpreter teardown
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _global_mini_batches(step: int) -> list[list[B.Sample]]:
     """Mini-batch k of every rank together: the global mini-batch k that one process trains on."""
     per_rank = [_local_mini_batches(step, rank, 2) for rank in range(2)]
@@ -87,7 +81,7 @@ def test_two_ranks_take_the_same_mini_batch_steps_as_one_process(tmp_path):
     ]
     assert counts[0] != counts[1]  # the ranks' pi_old passes differ in number: padding passes run
     out = tmp_path / "rank0.json"
-    mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
     distributed = json.loads(out.read_text())
     single = _train(tiny_model(seed=0), _global_mini_batches)
     assert single[-1]["clip_fraction"] > 0  # the second steps were off-policy
