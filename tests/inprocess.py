@@ -22,7 +22,7 @@ from lrm_fast.training.tracking import TrackedRun, open_trackers
 from lrm_fast.training.trainer import GRPOTrainer
 
 # Keys whose values are wall-clock measurements, never equal between two runs.
-TIMING_PREFIXES = ("time/", "perf/", "async/overlap_s", "async/sampling_s")
+TIMING_PREFIXES = ("time/", "perf/", "async/overlap_s", "async/sampling_s", "async/push_s")
 
 
 def quick_config(cache_dir: Path, overrides: dict | None = None) -> TrainConfig:

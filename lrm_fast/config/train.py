@@ -408,10 +408,13 @@ class TrainerConfig:
     # Measured on 2 cores (benchmarks/RESULTS.md): the update takes 40% less time on both than on one.
     update_threads: int = 0
     # Asynchronous rollouts (lrm_fast/training/async_rollout.py): 0 is the synchronous loop; k >= 1 samples
-    # later batches in a separate process while the current one is trained, no batch's update starting
-    # more than k optimizer steps after the weights that sampled it. A multiple of mini_batches x epochs
-    # (the optimizer steps of one rollout batch); one trainer process.
+    # later batches in rollout workers (processes of their own) while the current one is trained, no batch's
+    # update starting more than k optimizer steps after the weights that sampled it. A multiple of
+    # mini_batches x epochs (the optimizer steps of one rollout batch). Any number of trainer ranks.
     max_staleness: int = 0
+    # Rollout workers that trainer rank 0 starts with max_staleness > 0; batch n goes to worker n mod W, every
+    # worker gets every weight push (lrm_fast/training/rollout_worker.py).
+    rollout_workers: int = 1
     progress_bar: bool = True
     # Where the metrics go besides metrics.jsonl, which is always written: any of tensorboard, wandb,
     # mlflow (the last two are extras: pip install -e ".[wandb]", ".[mlflow]"). Each gets the step metrics,

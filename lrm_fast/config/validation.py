@@ -82,6 +82,17 @@ def check_inputs(cfg: TrainConfig) -> None:
         check_model_path("model.path", cfg.model.path)
 
 
+def check_world(cfg: TrainConfig, world_size: int) -> None:
+    """What depends on the number of trainer ranks, known only at launch."""
+    if cfg.trainer.max_staleness and world_size > 1 and cfg.sampling.name == Sampling.dynamic:
+        # Its refill rounds end when every rank's share is full, and a worker samples the shares one after
+        # another: it cannot ask that round by round.
+        raise ValueError(
+            f"sampling=dynamic with trainer.max_staleness > 0 needs one trainer rank (got {world_size}): "
+            "run it with trainer.max_staleness=0, or in one process"
+        )
+
+
 def check_model_path(key: str, path: str) -> None:
     """A saved model directory, or a hub id whose config is in the HF cache (nothing is downloaded)."""
     local = Path(path).expanduser()
@@ -246,6 +257,7 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     _at_least("trainer.epochs", trainer.epochs, 1)
     _at_least("trainer.update_threads", trainer.update_threads, 0)
     _at_least("trainer.max_staleness", trainer.max_staleness, 0)
+    _at_least("trainer.rollout_workers", trainer.rollout_workers, 1)
     if trainer.max_staleness:
         # A rollout batch's update is mini_batches x epochs optimizer steps: the lag is counted in whole
         # batches.

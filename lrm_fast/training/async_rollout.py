@@ -5,8 +5,8 @@ x trainer.epochs optimizer steps, and lag = trainer.max_staleness / k rollout ba
 with the weights after j - 1 - lag updates (W_0, the start, for the first lag + 1 batches):
 
     step n:  push W_{n-1}, request batch n + lag   (its prompts drawn now, from the run's sampler)
-             take batch n                          (sampled with W_{n-1-lag}, in the rollout process)
-             update on batch n -> W_n              (while the rollout process samples batch n + 1 ...)
+             take batch n                          (sampled with W_{n-1-lag}, by a rollout worker)
+             update on batch n -> W_n              (while the workers sample batch n + 1 ...)
 
 Staleness is counted in optimizer steps: batch n's update starts lag * k optimizer steps after the weights
 that sampled it, never more than max_staleness (each request records the optimizer steps behind its
@@ -15,13 +15,15 @@ and the batch's index), so what a batch holds is a function of its weights and p
 synchronous loop samples the same requests in its own process (`sample_request`), so lag 0 here is that
 loop.
 
-The rollout side is a process with its own copy of the policy (`trainer.num_threads` threads) that samples
-with it (rollout=hf) or with a vLLM engine of its own that gets every new copy pushed in (rollout=vllm), and
-scores (grading, OSI, rewards, RLR, the KL in the reward against its own copy of the frozen reference,
-and dynamic sampling's refill rounds, all with the batch's weights). The weights reach it through a
-shared-memory queue (torch.multiprocessing), not disk. Each request reserves its rounds of prompts when it
-is made (max_rounds under dynamic sampling); the rounds a batch does not use go back to the run's sampler
-when the trainer takes it (lrm_fast/data/sampler.py), so later requests draw them.
+The rollout side is `trainer.rollout_workers` worker processes (lrm_fast/training/rollout_worker.py, each
+with `trainer.num_threads` threads) that trainer rank 0 starts; they sample and score every trainer rank's
+share of a batch. Rank 0 talks to them over gloo groups of their own (lrm_fast/runtime/worker_group.py),
+apart from the trainers' default group: requests and the weights (gathered from the FSDP2 shards a bucket
+at a time by every trainer rank, broadcast by rank 0) go out, results come back, and rank 0 hands each
+trainer rank its share. One trainer process with one worker is the same code. Each request reserves its
+rounds of prompts when it is made (max_rounds under dynamic sampling); the rounds a batch does not use go
+back to the run's sampler when the trainer takes it (lrm_fast/data/sampler.py), so later requests draw
+them.
 
 Off-policy correction (decoupled PPO, as in AReaL; Hilton et al. 2022): with behaviour policy mu (the
 weights that sampled, whose log-probs the sampler returns), the proximal policy pi_prox (the weights at the
@@ -41,58 +43,33 @@ were sampled with weights the checkpoint no longer holds), so a resumed run trai
 uninterrupted one would. A rollback by the divergence guard discards the batches in flight and requests
 them again with the restored weights (lrm_fast/training/guard.py: which update a bad batch undoes).
 
-On GPU the same schedule drives a vLLM engine on GPUs of its own, which gets the weights by a collective
-broadcast (docs/SCALE.md); here the rollout side is the CPU process.
+A worker that dies stops the run: rank 0 names it ("rollout worker 1 (pid N): the rollout process
+exited") within POLL_S of waiting on it, or at the next broadcast that fails; torchrun ends the other ranks,
+and the workers end with rank 0's process. The last checkpoint resumes exactly. Placement on GPUs, and why
+workers join by address rather than as ranks of torchrun's world: docs/SCALE.md.
 """
 
 import contextlib
-import os
+import dataclasses
 import queue
 import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 
 from lrm_fast.config import TrainConfig
-from lrm_fast.config.choices import Sampling
-from lrm_fast.data.examples import PromptExample
-from lrm_fast.levers.dynamic_sampling import Selection, select_groups, static_selection
 from lrm_fast.levers.injection import SolutionBank
-from lrm_fast.levers.scoring import ScoredStep
-from lrm_fast.rollout import NonFiniteError, SamplingParams
+from lrm_fast.runtime import DistInfo
+from lrm_fast.runtime.worker_group import TensorSpec, WorkerGroup, buckets, host_store
+from lrm_fast.training.rollout_worker import Request, Result, WorkerSpec, request_seed, sample_request, serve
+
+__all__ = ["AsyncRollouts", "Request", "Result", "lag_of", "request_seed", "sample_request"]
 
 # How often a waiting side checks that the other is still alive (seconds).
 POLL_S = 0.5
-
-
-@dataclass
-class Request:
-    index: int  # the rollout batch: the step that trains it
-    version: int  # the weights it is sampled with: those after this step (lrm_fast/training/guard.py)
-    rounds: list[list[PromptExample]]  # the first round's prompts, then the refill rounds'
-    seed: int
-    steps: int = 0  # optimizer steps behind those weights (staleness is counted in them)
-
-
-@dataclass
-class Result:
-    index: int
-    version: int
-    selection: Selection | None  # None: sampling met non-finite logits
-    start: float  # time.monotonic() when the rollout side began and ended it (one clock per machine)
-    end: float
-    steps: int = 0  # the request's
-
-
-def request_seed(seed: int, *parts: int) -> int:
-    """A seed from the run's seed and the batch's index (and a round and rank within it)."""
-    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
 
 
 def lag_of(cfg: TrainConfig) -> int:
@@ -102,7 +79,9 @@ def lag_of(cfg: TrainConfig) -> int:
 
 
 class AsyncRollouts:
-    """The trainer's side of the pipeline: requests in order, results by index, the overlap measured."""
+    """The trainer's side of the pipeline, on every trainer rank: requests in order, results by index, the
+    overlap measured. Rank 0 starts the workers and talks to them; every rank takes part in gathering the
+    weights from their FSDP2 shards and gets its own share of each batch from rank 0."""
 
     def __init__(
         self,
@@ -111,50 +90,104 @@ class AsyncRollouts:
         tokenizer,
         bank: SolutionBank | None,
         ref_model: torch.nn.Module | None = None,
+        dist: DistInfo | None = None,
     ):
-        """`ref_model`: the frozen reference, copied once into the rollout process when the reward has a
-        KL term (reward.kl_coef)."""
+        """`ref_model`: the frozen reference, copied once into each worker when the reward has a KL term
+        (reward.kl_coef)."""
         self.lag = lag_of(cfg)
-        context = _process_context()
-        self._requests, self._results = context.Queue(), context.Queue()
-        # The rollout process builds its models from the config (the policy's weights come with the first
-        # request): a transformers model that has run a forward does not survive pickling whole (it keeps
-        # a flag that its output-capturing hooks are installed, but not the hooks).
-        reference = _weights(ref_model) if ref_model is not None and cfg.reward.kl_coef else None
-        shape = (model.config, model.generation_config)
-        # The rollout process ends when the reading end says the trainer is gone (_exit_with_trainer): only
-        # this process holds the writing end, which the kernel closes however it ends.
-        alive, self._alive = context.Pipe(duplex=False)
-        args = (self._requests, self._results, alive, shape, reference, tokenizer, cfg, bank)
-        self.process = context.Process(target=_serve, args=args, daemon=True, name="lrm-fast-rollout")
-        self.process.start()
-        alive.close()
+        self.dist = dist or DistInfo(0, 1, torch.device("cpu"))
+        self.bucket_bytes = cfg.rollout.sync_bucket_mb << 20
+        # The workers build their models from the config (the policy's weights come with the first request):
+        # a transformers model that has run a forward does not survive pickling whole (it keeps a flag that
+        # its output-capturing hooks are installed, but not the hooks).
+        reference = _full_state(ref_model) if ref_model is not None and cfg.reward.kl_coef else None
+        self.workers, self.group = [], None
+        if self.dist.is_main:
+            spec = WorkerSpec(
+                (model.config, model.generation_config), reference, tokenizer, cfg, bank, self.dist.world_size
+            )
+            self._start_workers(cfg.trainer.rollout_workers, spec)
         self.requested = 0  # batches requested so far (the highest index)
-        self.outstanding: deque[Request] = deque()  # requested, result not yet received
+        self.outstanding: deque[Request] = deque()  # requested, result not yet received (rank 0)
         self.ready: dict[int, Result] = {}
         self.sent: dict[int, Request] = {}  # every request whose batch is not trained yet
         self._started: dict[int, float] = {}
         self._version_pushed: int | None = None
+        self.pushed = {"bytes": 0, "seconds": 0.0}  # every weight push so far (this run's process)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.workers]
+
+    def _start_workers(self, count: int, spec: WorkerSpec) -> None:
+        context = _process_context()
+        store, address = host_store(count)
+        # A worker ends when the reading end says the trainer is gone (_exit_with_trainer): only this process
+        # holds the writing end, which the kernel closes however it ends.
+        self._alive = []
+        for rank in range(1, count + 1):
+            alive, keep = context.Pipe(duplex=False)
+            process = context.Process(
+                target=serve,
+                args=(address, rank, count + 1, spec, alive),
+                daemon=True,
+                name=f"lrm-fast-rollout-{rank}",
+            )
+            process.start()
+            alive.close()
+            self.workers.append(process)
+            self._alive.append(keep)
+        self.group = WorkerGroup(store, 0, count + 1)  # waits until every worker has joined
+        self._results: queue.Queue = queue.Queue()
+        threading.Thread(target=self._listen, name="rollout-results", daemon=True).start()
 
     def request(self, request: Request, model: torch.nn.Module) -> None:
-        """Queue `request`, with the current weights first if they are newer than the last ones sent."""
-        weights = None
+        """Queue `request`, with the current weights first if they are newer than the last ones sent (every
+        trainer rank calls this: the weights are gathered from all of them)."""
         if request.version != self._version_pushed:
-            weights = _weights(model)
+            self._push(model)
             self._version_pushed = request.version
-        self._requests.put((request, weights))
+        if self.group is not None:
+            worker = 1 + request.index % len(self.workers)
+            self._control(("request", (request, worker)))
+            self.outstanding.append(request)
         self.sent[request.index] = request
-        self.outstanding.append(request)
         self.requested = max(self.requested, request.index)
 
+    def _push(self, model: torch.nn.Module) -> None:
+        """The policy's weights to every worker: gathered from the shards a bucket at a time (all ranks),
+        broadcast by rank 0."""
+        tick = time.perf_counter()
+        state = model.state_dict()
+        specs = [TensorSpec(name, tuple(value.shape), value.dtype) for name, value in state.items()]
+        self._control(("weights", buckets(specs, self.bucket_bytes)))
+        for bucket in buckets(specs, self.bucket_bytes):
+            tensors = [_full(state[s.name]) for s in bucket]
+            if self.group is not None:
+                self._guarded(lambda t=tensors, b=bucket: self.group.broadcast_bucket(t, b))
+        self.pushed["bytes"] += sum(s.nbytes for s in specs)
+        self.pushed["seconds"] += time.perf_counter() - tick
+
+    def _control(self, message) -> None:
+        if self.group is not None:
+            self._guarded(lambda: self.group.broadcast_object(message))
+
     def take(self, index: int) -> tuple[Result, Request]:
-        """The result of batch `index` and its request, waiting for it if needed."""
-        while index not in self.ready:
-            self._receive(block=True)
-        return self.ready.pop(index), self.sent.pop(index)
+        """The result of batch `index` (its `selections` hold this rank's share only) and its request,
+        waiting for it if needed."""
+        result = None
+        if self.dist.is_main:
+            while index not in self.ready:
+                self._receive(block=True)
+            result = self.ready.pop(index)
+        if self.dist.world_size > 1:
+            result = _scatter(result, self.dist.world_size)
+        return result, self.sent.pop(index)
 
     def overlap(self, start: float, end: float) -> float:
-        """Seconds of [start, end] (an update) during which the rollout side was sampling."""
+        """Seconds of [start, end] (an update) during which a worker was sampling (rank 0's count)."""
+        if not self.dist.is_main:
+            return 0.0
         while self._receive(block=False):
             pass
         spans = [(r.start, r.end) for r in self.ready.values()] + [(s, end) for s in self._started.values()]
@@ -167,7 +200,7 @@ class AsyncRollouts:
         return [self.ready[i] for i in sorted(self.ready)]
 
     def state_dict(self) -> dict:
-        """The batches requested and not yet trained, with their results (waits for them)."""
+        """The batches requested and not yet trained, with their results (rank 0; waits for them)."""
         return {"results": self.settle(), "requests": [self.sent[i] for i in sorted(self.sent)]}
 
     def load_state_dict(self, state: dict) -> None:
@@ -185,31 +218,43 @@ class AsyncRollouts:
             self.request(Request(request.index, version, request.rounds, request.seed, steps), model)
 
     def close(self) -> None:
-        """Stop the rollout process (it also ends with this one: see _exit_with_trainer)."""
-        if self.process.is_alive():
-            self._requests.put(None)
-            self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self._alive.close()
+        """Stop the workers (they also end with this process: see _exit_with_trainer)."""
+        if self.group is not None and all(p.is_alive() for p in self.workers):
+            with contextlib.suppress(RuntimeError):  # a worker went away meanwhile: it is killed below
+                self.group.broadcast_object(None)
+        for process in self.workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for keep in getattr(self, "_alive", []):
+            keep.close()
+
+    def _listen(self) -> None:
+        """Rank 0's thread that receives the workers' messages until each has said goodbye."""
+        remaining = len(self.workers)
+        while remaining:
+            try:
+                source, message = self.group.recv_object()
+            except RuntimeError:
+                return  # a worker's connection closed: _receive names the dead worker
+            if message[0] == "bye":
+                remaining -= 1
+            else:
+                self._results.put((source, message))
 
     def _receive(self, block: bool) -> bool:
-        """Handle one message from the rollout side; False when none came (non-blocking)."""
+        """Handle one message from a worker; False when none came (non-blocking)."""
         while True:
             try:
-                message = self._results.get(timeout=POLL_S if block else 0.001)
+                source, (kind, payload) = self._results.get(timeout=POLL_S if block else 0.001)
                 break
             except queue.Empty:
-                if not self.process.is_alive():
-                    raise RuntimeError(
-                        f"the rollout process exited (code {self.process.exitcode}) with batches in flight"
-                    ) from None
+                self._check_workers()
                 if not block:
                     return False
-        kind, payload = message
         if kind == "error":
-            raise RuntimeError(f"the rollout process failed:\n{payload}")
+            raise RuntimeError(f"rollout worker {source} ({self.workers[source - 1].pid}) failed:\n{payload}")
         if kind == "started":
             self._started[payload[0]] = payload[1]
             return True
@@ -217,6 +262,44 @@ class AsyncRollouts:
         self.outstanding = deque(r for r in self.outstanding if r.index != payload.index)
         self.ready[payload.index] = payload
         return True
+
+    def _check_workers(self) -> None:
+        for rank, process in enumerate(self.workers, start=1):
+            if not process.is_alive():
+                raise RuntimeError(
+                    f"rollout worker {rank} (pid {process.pid}): the rollout process exited "
+                    f"(code {process.exitcode}) with batches in flight"
+                )
+
+    def _guarded(self, call):
+        """A collective with the workers; a dead worker's broken connection is reported by its name."""
+        try:
+            return call()
+        except RuntimeError:
+            self._check_workers()
+            raise
+
+
+def _full(value: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (an all-gather on every trainer rank), or the tensor itself."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: _full(v).detach().clone() for k, v in model.state_dict().items()}
+
+
+def _scatter(result: Result | None, world_size: int) -> Result:
+    """Rank 0's result, each rank getting its own share of the batch only."""
+    shares = None
+    if result is not None:
+        shares = [
+            dataclasses.replace(result, selections=None if result.selections is None else [share])
+            for share in (result.selections or [None] * world_size)
+        ]
+    box = [None]
+    torch.distributed.scatter_object_list(box, shares, src=0)
+    return box[0]
 
 
 def _process_context():
@@ -226,109 +309,6 @@ def _process_context():
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "lrm_fast.training.assembly", "lrm_fast.training.update"])
+    modules = ["lrm_fast.training.rollout_worker", "lrm_fast.training.assembly", "lrm_fast.training.update"]
+    context.set_forkserver_preload([__name__, *modules])
     return context
-
-
-def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # Clones: sending a tensor moves its storage to shared memory, and the trainer's own parameters must
-    # not be shared with the process that reads them.
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _model(shape, cfg: TrainConfig, weights: dict | None = None) -> torch.nn.Module:
-    """A frozen copy of the policy's architecture (with `weights`, if given)."""
-    from lrm_fast.model.causal_lm import build_model
-
-    config, generation_config = shape
-    model = build_model(config, attn_implementation=cfg.model.attn_implementation.value)
-    model.generation_config = generation_config  # its EOS tokens end a response
-    if weights is not None:
-        model.load_state_dict(weights)
-    return model.eval().requires_grad_(False)
-
-
-def _serve(requests, results, alive, shape, reference, tokenizer, cfg: TrainConfig, bank) -> None:
-    """The rollout process: sample and score each request with the weights sent before it."""
-    _exit_with_trainer(alive)
-    torch.set_flush_denormal(True)  # as configure_runtime: subnormals slow CPU steps about 10x
-    if cfg.trainer.num_threads > 0:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    from lrm_fast.training.assembly import build_rollout, encode, score  # the trainer's own helpers
-    from lrm_fast.training.update import response_log_ratios
-
-    try:
-        model = _model(shape, cfg)
-        ref_model = _model(shape, cfg, reference) if reference is not None else None
-        backend = build_rollout(cfg, model, tokenizer)  # hf: samples with `model`; vllm: an engine of its own
-
-        def generate(examples, params):
-            try:
-                return backend.generate(encode(examples, tokenizer, cfg), cfg.rollout.group_size, params)
-            except NonFiniteError:
-                return None
-
-        def log_ratios(samples):
-            return response_log_ratios(model, ref_model, samples, cfg.loss, cfg.rollout.temperature)
-
-        kl_of = log_ratios if ref_model is not None else None
-
-        def score_round(examples, rollouts):
-            return score(cfg, examples, rollouts, tokenizer, bank, kl_of)
-
-        while (message := requests.get()) is not None:
-            request, weights = message
-            if weights is not None:
-                model.load_state_dict(weights)
-                backend.sync_weights(model)  # hf: nothing to do; vllm: the push into the engine
-            start = time.monotonic()
-            results.put(("started", (request.index, start)))
-            selection = sample_request(request, generate, score_round, cfg)
-            result = Result(request.index, request.version, selection, start, time.monotonic(), request.steps)
-            results.put(("result", result))
-    except Exception:
-        results.put(("error", traceback.format_exc()))
-
-
-def sample_request(
-    request: Request,
-    generate: Callable[[list[PromptExample], SamplingParams], list | None],
-    score: Callable[[list[PromptExample], list], ScoredStep],
-    cfg: TrainConfig,
-    rank: int = 0,
-    world_size: int = 1,
-    all_full: Callable[[bool], bool] = lambda full: full,
-) -> Selection | None:
-    """One batch: its first round, and under dynamic sampling its refill rounds, sampled and scored (this
-    rank's share of each round's prompts). `generate` returns None when sampling met non-finite logits
-    (on any rank); the batch is then None. Each round of each rank has its own seed, from the request's."""
-    rounds = iter(enumerate(request.rounds))
-    group_size, rollout = cfg.rollout.group_size, cfg.rollout
-
-    def draw() -> ScoredStep | None:
-        number, examples = next(rounds)
-        examples = examples[rank::world_size]
-        seed = request_seed(request.seed, number, rank)
-        params = SamplingParams(rollout.max_new_tokens, rollout.temperature, rollout.top_p, seed=seed)
-        rollouts = generate(examples, params)
-        return None if rollouts is None else score(examples, rollouts)
-
-    if cfg.sampling.name == Sampling.static:
-        scored = draw()
-        return None if scored is None else static_selection(scored, group_size)
-    quota = len(range(rank, cfg.trainer.prompts_per_step, world_size))
-    return select_groups(draw, quota, group_size, cfg.sampling, all_full)
-
-
-def _exit_with_trainer(alive) -> None:
-    """End this process as soon as the trainer has ended, however it ended (SIGKILL included): a thread waits
-    on the reading end of a pipe whose writing end only the trainer holds, which the kernel closes when the
-    trainer's process goes. (The parent-death signal would not do: this process's parent is the fork server,
-    which outlives the trainer while a process it started holds the server's own pipe.)"""
-
-    def watch() -> None:
-        with contextlib.suppress(EOFError):
-            alive.recv()  # nothing is ever sent: it returns by EOFError only
-        os._exit(1)
-
-    threading.Thread(target=watch, name="trainer-watch", daemon=True).start()

@@ -168,7 +168,7 @@ SKIPPED_STEP_KEYS = ("optim/skipped", "optim/steps", "optim/lr", "time/rollout_s
 SAMPLING_KEYS = tuple(f"sampling/{k}" for k in (
     "rounds", "prompts", "informative_groups", "kept_groups", "padded_groups", "prompts_per_kept_group"
 ))  # fmt: skip
-ASYNC_KEYS = ("async/overlap_s", "async/staleness", "async/sampling_s")
+ASYNC_KEYS = ("async/overlap_s", "async/staleness", "async/sampling_s", "async/push_bytes", "async/push_s")
 # The sampler / trainer mismatch (rollout.log_mismatch, rollout.tis_cap, asynchronous rollouts): present
 # when a step forwarded at least one sampled token (injected tokens have no sampler log-prob).
 MISMATCH_KEYS = tuple(f"rollout/{k}" for k in MISMATCH_SUMS[:-1])

@@ -35,7 +35,7 @@ from lrm_fast.batching import micro_batches as M
 from lrm_fast.batching import samples as B
 from lrm_fast.config import TrainConfig, protocol_of
 from lrm_fast.config.choices import Injection, MixedPrecision, Regime, RolloutEngine, Sampling
-from lrm_fast.config.validation import round_prompts
+from lrm_fast.config.validation import check_world, round_prompts
 from lrm_fast.data.sampler import PromptSampler
 from lrm_fast.evaluation.multi_round import evaluate as evaluate_benchmark
 from lrm_fast.levers.dynamic_sampling import Selection
@@ -67,6 +67,7 @@ from lrm_fast.training.update import policy_updates, response_log_ratios
 class GRPOTrainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, dist: DistInfo, data: RunData, trackers: Trackers):
         self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
+        check_world(cfg, dist.world_size)
         self.train_examples, self.heldout_examples = data.train, data.heldout
         torch.manual_seed(cfg.seed + dist.rank)  # ranks sample different responses
         self.model, self.tokenizer = build_policy(cfg, dist.device)
@@ -95,9 +96,7 @@ class GRPOTrainer:
                 "trainer.max_staleness (> 0)"
             )
         if cfg.trainer.max_staleness:
-            if dist.world_size > 1:
-                raise ValueError("trainer.max_staleness > 0 runs in one process (no torchrun) for now")
-            self.pipeline = AsyncRollouts(cfg, self.model, self.tokenizer, self.bank, self.ref_model)
+            self.pipeline = AsyncRollouts(cfg, self.model, self.tokenizer, self.bank, self.ref_model, dist)
             if in_flight is not None:
                 self.pipeline.load_state_dict(in_flight)
             # A fresh run, or a checkpoint with no batch in flight (a synchronous one): the next batch to
@@ -108,7 +107,8 @@ class GRPOTrainer:
         )
         if self.pipeline is not None:
             self.logger.write(
-                f"[async] rollout process {self.pipeline.process.pid}: batches sampled with weights up to "
+                f"[async] rollout process {', '.join(map(str, self.pipeline.pids))}: batches sampled with "
+                "weights up to "
                 f"{cfg.trainer.max_staleness} optimizer steps older than their update's"
             )
 
@@ -307,8 +307,12 @@ class GRPOTrainer:
         """Batch n from the rollout process, after requesting batch n + lag with the current weights
         (the first step requests batches 1 .. 1 + lag, all with the starting weights)."""
         pipeline, n, cfg = self.pipeline, self.step_count, self.cfg
+        pushed = dict(pipeline.pushed)
         while pipeline.requested < n + pipeline.lag:
             pipeline.request(self._request(pipeline.requested + 1, n - 1), self.model)
+        # The weights gathered from the shards and broadcast to the workers this step (none when unchanged).
+        self._async["async/push_bytes"] = float(pipeline.pushed["bytes"] - pushed["bytes"])
+        self._async["async/push_s"] = pipeline.pushed["seconds"] - pushed["seconds"]
         tick = time.perf_counter()
         result, request = pipeline.take(n)
         self._put_back_unused(request, result.selection)
@@ -414,12 +418,13 @@ class GRPOTrainer:
         return update, lr
 
     def _update_threads(self) -> int:
-        """trainer.update_threads, or every core (less the rollout process's, when there is one)."""
+        """trainer.update_threads, or every core (less the rollout workers', when this rank started them)."""
         if self.cfg.trainer.update_threads:
             return self.cfg.trainer.update_threads
         if self.pipeline is None:
             return DEFAULT_THREADS
-        return max(1, DEFAULT_THREADS - max(self.cfg.trainer.num_threads, 1))
+        workers = self.cfg.trainer.rollout_workers if self.dist.is_main else 0  # rank 0 starts them
+        return max(1, DEFAULT_THREADS - workers * max(self.cfg.trainer.num_threads, 1))
 
     def _correction(self) -> SamplerCorrection:
         return SamplerCorrection.of(self.cfg.rollout, asynchronous=self.pipeline is not None)

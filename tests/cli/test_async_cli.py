@@ -1,16 +1,17 @@
 """Asynchronous rollouts end to end (trainer.max_staleness): the staleness schedule, a resume after a
 SIGKILL during an overlapped step, and no stray process however a run ends."""
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from processes import gone
 from trainer_fixtures import QUICK
 
 from lrm_fast.training.metrics import read_metrics
@@ -78,21 +79,6 @@ def _rollout_pid(stdout: str) -> int:
     return int(re.search(r"\[async\] rollout process (\d+)", stdout).group(1))
 
 
-def _gone(pid: int, within_s: float = 10.0) -> bool:
-    deadline = time.time() + within_s
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # A zombie child of a dead parent is reaped by init: its /proc entry says so until then.
-        stat = Path(f"/proc/{pid}/stat")
-        if stat.exists() and stat.read_text().split(") ")[1].startswith("Z"):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.slow
 def test_staleness_follows_its_schedule_and_the_rollout_process_ends_with_the_run(reference):
     run, stdout = reference
@@ -100,7 +86,20 @@ def test_staleness_follows_its_schedule_and_the_rollout_process_ends_with_the_ru
     # Batch 1 is sampled with the starting weights and trained first; every later one is 1 version old.
     assert [r["async/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert all(r["rollout/prob_ratio"] > 0 for r in rows)
-    assert _gone(_rollout_pid(stdout))
+    assert gone(_rollout_pid(stdout))
+
+
+@pytest.mark.slow
+def test_one_worker_reproduces_the_steps_recorded_before_workers_existed(reference):
+    """tests/fixtures/async_one_worker_steps.json holds this run's steps as the single-process pipeline
+    (a rollout process fed by shared-memory queues) logged them; the one-worker case of the rollout workers
+    must log the same, apart from times and the new weight-push keys."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "async_one_worker_steps.json"
+    recorded = json.loads(fixture.read_text())
+    rows = [row for row in read_metrics(reference[0]) if "loss/policy" in row]
+    assert len(rows) == len(recorded["rows"]) == 4
+    for row, expected in zip(rows, recorded["rows"], strict=True):
+        assert {k: row[k] for k in expected} == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.slow
@@ -110,7 +109,7 @@ def test_sigkill_during_an_overlapped_step_then_resume(reference, env, tmp_path)
     run = tmp_path / "killed"
     killed = _run(_train_command([f"hydra.run.dir={run}"], script), env, tmp_path)
     assert killed.returncode == -signal.SIGKILL
-    assert _gone(_rollout_pid(killed.stdout))  # the rollout process died with the trainer
+    assert gone(_rollout_pid(killed.stdout))  # the rollout process died with the trainer
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002"]
 
     resumed = _run(_train_command([f"trainer.resume={run}", f"hydra.run.dir={tmp_path}/log"]), env, tmp_path)

@@ -11,7 +11,15 @@ from omegaconf import OmegaConf
 from lrm_fast.cli.configs import register_configs
 from lrm_fast.cli.stages import LONG_STAGES
 from lrm_fast.config import LongDifficultyConfig, TrainConfig, check_inputs, validate
-from lrm_fast.config.choices import AdvantageEstimator, CorrectionLevel, CorrectionMode, Objective, RatioLevel
+from lrm_fast.config.choices import (
+    AdvantageEstimator,
+    CorrectionLevel,
+    CorrectionMode,
+    Objective,
+    RatioLevel,
+    Sampling,
+)
+from lrm_fast.config.validation import check_world
 from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.model.cold_start import teacher_problems
 from lrm_fast.training.assembly import policy_path
@@ -144,6 +152,7 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
         ({"loss": {"kl_coef": -0.001}}, "loss.kl_coef must be >= 0, got -0.001"),
         ({"trainer": {"grad_clip": 0.0}}, "trainer.grad_clip must be > 0"),
         ({"trainer": {"keep_checkpoints": 0}}, "trainer.keep_checkpoints must be >= 1"),
+        ({"trainer": {"max_staleness": 1, "rollout_workers": 0}}, "trainer.rollout_workers must be >= 1"),
         ({"eval": {"problems": 0}}, "eval.problems must be > 0"),
         ({"eval": {"top_p": 2.0}}, r"eval.top_p must be in \(0, 1\]"),
         ({"regime": {"name": "neg_to_pos", "switch_step": -3}}, "regime.switch_step must be >= 0, got -3"),
@@ -186,6 +195,7 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
         "kl_coef",
         "grad_clip",
         "keep_checkpoints",
+        "rollout_workers",
         "eval_problems",
         "eval_top_p",
         "switch_step",
@@ -231,3 +241,13 @@ def test_a_bad_choice_is_refused_at_composition_with_the_valid_values(override, 
         _compose([override])
     assert f"override {override}" in str(error.value)
     assert f"expected one of [{valid}]" in str(error.value.__cause__)
+
+
+def test_dynamic_sampling_with_rollout_workers_needs_one_trainer_rank():
+    cfg = TrainConfig()
+    cfg.sampling.name, cfg.trainer.max_staleness = Sampling.dynamic, 1
+    check_world(cfg, 1)
+    with pytest.raises(ValueError, match=r"sampling=dynamic with trainer.max_staleness > 0 needs one"):
+        check_world(cfg, 2)
+    cfg.trainer.max_staleness = 0
+    check_world(cfg, 2)  # the synchronous loop asks every rank round by round

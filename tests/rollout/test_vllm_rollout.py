@@ -273,8 +273,9 @@ def test_eval_cli_with_the_vllm_backend(tmp_path):
 
 @pytest.mark.slow
 def test_async_rollouts_push_weights_into_a_separate_engine(tmp_path):
-    """trainer.max_staleness with rollout=vllm: the rollout process runs an engine of its own, and samples
-    with the weights pushed to it (sampler / trainer gap at fp32 noise), not those it started from."""
+    """trainer.max_staleness with rollout=vllm: the rollout worker runs an engine of its own, receives the
+    weights over its gloo group, loads them into the engine and samples with them (sampler / trainer gap at
+    fp32 noise), not with those it started from."""
     _vllm_or_skip()
     from lrm_fast.batching import micro_batches as M
     from lrm_fast.config import TrainConfig
@@ -301,7 +302,7 @@ def test_async_rollouts_push_weights_into_a_separate_engine(tmp_path):
         samples = pipeline.take(1)[0].selection.samples
     finally:
         pipeline.close()
-    assert not pipeline.process.is_alive()
+    assert not any(p.is_alive() for p in pipeline.workers)
 
     def gap_to(weights):
         model.load_state_dict(weights)
@@ -311,5 +312,5 @@ def test_async_rollouts_push_weights_into_a_separate_engine(tmp_path):
         return (M.sampler_logprobs(samples) - logp).abs().max().item()
 
     pushed = {k: v.clone() for k, v in model.state_dict().items()}
-    assert gap_to(pushed) < 1e-4
-    assert gap_to(start) > 1e-2
+    assert gap_to(pushed) < 1e-5  # the worker's engine took the weights broadcast to it
+    assert gap_to(start) > 1e-3  # and not those it started from

@@ -56,7 +56,7 @@ def test_pushed_weights_reach_the_rollout_process():
         after = pipeline.take(2)[0].selection.samples
     finally:
         pipeline.close()
-    assert not pipeline.process.is_alive()
+    assert not any(p.is_alive() for p in pipeline.workers)
     sampled = M.sampler_logprobs(after)
     torch.testing.assert_close(sampled, trainer_logprobs(model, after, 0.8), rtol=0, atol=1e-5)
     # The first batch came from the old weights, which the trainer no longer has.
@@ -84,6 +84,39 @@ def test_a_rollback_samples_the_batches_in_flight_again_with_the_restored_weight
         gap = M.sampler_logprobs(samples) - trainer_logprobs(model, samples, 0.8)
         assert gap.abs().max() < 1e-5
     assert not pipeline.sent and not pipeline.outstanding
+
+
+def test_two_workers_share_the_batches_and_sample_what_one_worker_does():
+    """Batch n goes to worker n mod 2, and every worker gets every push: the two sample batches 1-3 (the
+    third after new weights) exactly as one worker does, each with the weights sent before its request."""
+    model, tokenizer, cfg = small_policy_and_config()
+    examples = builtin_examples(2, "train", 0, cfg.data.difficulty)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = {}
+    for workers in (1, 2):
+        model.load_state_dict(start)
+        cfg.trainer.rollout_workers = workers
+        pipeline = AsyncRollouts(cfg, model, tokenizer, None)
+        try:
+            for index in (1, 2):
+                pipeline.request(Request(index, 0, [examples], seed=index), model)
+            torch.manual_seed(0)
+            perturb(model)
+            pipeline.request(Request(3, 1, [examples], seed=3), model)
+            runs[workers] = [pipeline.take(i)[0] for i in (1, 2, 3)]
+        finally:
+            pipeline.close()
+        assert len(pipeline.workers) == workers
+        assert not any(p.is_alive() for p in pipeline.workers)
+    assert [r.worker for r in runs[2]] == [2, 1, 2]  # group ranks: batch n on worker 1 + n mod 2
+    for one, two in zip(runs[1], runs[2], strict=True):
+        a, b = one.selection.samples, two.selection.samples
+        assert [s.response_ids for s in a] == [s.response_ids for s in b]
+        torch.testing.assert_close(M.sampler_logprobs(a), M.sampler_logprobs(b), rtol=0, atol=0)
+    third = runs[2][2].selection.samples  # sampled with the pushed new weights
+    torch.testing.assert_close(
+        M.sampler_logprobs(third), trainer_logprobs(model, third, 0.8), rtol=0, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("tis_cap", [1.2, math.inf], ids=["capped", "uncapped"])
