@@ -4,7 +4,9 @@
 # the GRPO loss and fused LM head + loss benchmarks against Liger-Kernel and torch.compile; the
 # packed-attention tests; GRPO steps of a random Qwen2.5-0.5B-shaped model (benchmarks/gpu_smoke.py);
 # the peak memory of one update of a random DeepSeek-R1-Distill-Qwen-1.5B-shaped model at 8k and 16k
-# response tokens (benchmarks/update_at_length.py, docs/SCALE.md's estimate); then the token_logprobs and
+# response tokens (benchmarks/update_at_length.py, docs/SCALE.md's estimate); the push of that model's bf16
+# weights from one process to another (benchmarks/weight_broadcast.py: NCCL between two GPUs, or CUDA IPC
+# on a one-GPU host, where NCCL refuses two ranks on one device); then the token_logprobs and
 # group_advantages benchmarks. Last, one table: shape, provider, mode, ms,
 # GB/s, % of the measured copy bandwidth, peak GiB.
 #
@@ -76,6 +78,7 @@ declare -A LIMITS=(
   [preflight]=30 [wheels]=30 [project]=30 [imports]=30 [select_tests]=30
   [kernel_check]=45 [kernel_check_unaligned]=30 [kernel_tests]=45 [copy]=20 [bench_grpo_loss]=120
   [bench_fused_head]=75 [attention_tests]=30 [smoke]=60 [memory_at_length]=75 [bench_token_logprobs]=60 [bench_group_advantages]=30
+  [weight_sync]=60
 )
 if ((DRY_RUN)); then
   LIMITS+=([kernel_check]=60 [kernel_check_unaligned]=30 [kernel_tests]=30 [bench_grpo_loss]=90
@@ -160,7 +163,8 @@ run_stage project "$PY" -m pip install -q --no-index --no-deps --no-build-isolat
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 cd "$SCRATCH/run" || finish 2
 run_stage imports "$PY" -m benchmarks.preflight --imports lrm_fast.kernels lrm_fast.cli.kernel_check \
-  benchmarks.copy_bandwidth benchmarks.cases benchmarks.gpu_smoke benchmarks.update_at_length || finish 2
+  benchmarks.copy_bandwidth benchmarks.cases benchmarks.gpu_smoke benchmarks.update_at_length \
+  benchmarks.weight_broadcast || finish 2
 run_stage select_tests "$PY" -m benchmarks.gpu_tests tests --out "$SCRATCH/gpu_tests.txt"
 KERNEL_TESTS=() OTHER_TESTS=()
 touch "$SCRATCH/gpu_tests.txt"
@@ -215,6 +219,13 @@ else
 fi
 run_stage memory_at_length "$PY" -m benchmarks.update_at_length "${at_length[@]}" --sweep length \
   --paths packed-fused-ckpt --repeats 1 --out "$OUT_DIR/update_at_length.json"
+# The trainer-to-worker weight push at real size (docs/SCALE.md's sync estimates).
+if ((DRY_RUN)); then
+  sync_args=(--device cpu --shape tiny-long-v32k --repeats 1 --copy-gib 0.05)
+else
+  sync_args=(--device cuda --shape qwen2.5-1.5b --repeats 3 --copy-gib 1)
+fi
+run_stage weight_sync "$PY" -m benchmarks.weight_broadcast "${sync_args[@]}"
 bench token_logprobs
 bench group_advantages
 finish $((PROBLEMS > 0))

@@ -1,8 +1,6 @@
 """benchmarks/weight_broadcast.py: the weights of a model's shape reach a second process over a gloo
 broadcast, bucket by bucket, unchanged."""
 
-import argparse
-
 import pytest
 import torch
 
@@ -10,10 +8,13 @@ from benchmarks import weight_broadcast
 
 
 def test_every_tensor_arrives_unchanged_over_several_buckets():
+    """The CPU path; gpu_check.sh's weight_sync stage runs the CUDA ones at full size, failing on a changed
+    tensor as this does."""
     shapes = weight_broadcast.state_shapes("tiny-long-v32k")
     nbytes = 2 * sum(s.numel() for _, s in shapes)  # bf16
-    args = argparse.Namespace(shape="tiny-long-v32k", dtype="bf16", bucket_mb=1, repeats=1, copy_gib=0.01)
-    result = weight_broadcast.measure(args)
+    argv = ["--shape", "tiny-long-v32k", "--bucket-mb", "1", "--repeats", "1", "--copy-gib", "0.01"]
+    result = weight_broadcast.measure(weight_broadcast.parse_args(argv))
+    assert result["mode"] == "gloo"
     assert result["equal"] and result["bytes"] == nbytes and result["tensors"] == len(shapes)
     meta = [torch.empty(s, dtype=torch.bfloat16, device="meta") for _, s in shapes]
     assert result["buckets"] == len(weight_broadcast.buckets(meta, 2**20)) >= 3  # several broadcasts
