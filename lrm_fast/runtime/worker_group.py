@@ -18,9 +18,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-# A collective waits this long for its peers before it raises (a dead peer is usually found sooner: its
-# process is watched, and gloo raises when its connection closes).
-TIMEOUT = timedelta(minutes=30)
+# Waiting is normal here: a worker idles through an evaluation, rank 0 through a long batch. So an operation
+# waits up to a day; a dead peer is found by watching its process (lrm_fast/training/async_rollout.py), and
+# gloo raises at once when a peer's connection closes. Joining is short: a worker joins first thing.
+TIMEOUT = timedelta(days=1)
+JOIN_TIMEOUT = timedelta(minutes=5)
 # Weights travel in buckets of about this size: one broadcast per bucket, one bucket's copy at a time.
 BUCKET_BYTES = 256 << 20
 _SIZE_TAG, _PAYLOAD_TAG = 0, 1
@@ -46,16 +48,21 @@ class TensorSpec:
 class WorkerGroup:
     """One member's end of the control and results groups (rank 0: the trainer; 1 .. W: the workers)."""
 
-    def __init__(self, store: dist.Store, rank: int, size: int, timeout: timedelta = TIMEOUT):
+    def __init__(self, store: dist.Store, rank: int, size: int, join_timeout: timedelta = JOIN_TIMEOUT):
+        """Joins both groups (waits for every member, up to `join_timeout`)."""
         self.rank, self.size = rank, size
-        self.control = dist.ProcessGroupGloo(dist.PrefixStore("control", store), rank, size, timeout)
-        self.results = dist.ProcessGroupGloo(dist.PrefixStore("results", store), rank, size, timeout)
+        self.control = dist.ProcessGroupGloo(dist.PrefixStore("control", store), rank, size, join_timeout)
+        self.results = dist.ProcessGroupGloo(dist.PrefixStore("results", store), rank, size, join_timeout)
+        for group in (self.control, self.results):
+            group.set_timeout(TIMEOUT)
         self._store = store  # the groups rendezvous through it; rank 0's is the server
 
     @classmethod
-    def join(cls, address: Address, rank: int, size: int, timeout: timedelta = TIMEOUT) -> "WorkerGroup":
-        store = dist.TCPStore(address.host, address.port, world_size=size, is_master=False, timeout=timeout)
-        return cls(store, rank, size, timeout)
+    def join(cls, address: Address, rank: int, size: int) -> "WorkerGroup":
+        store = dist.TCPStore(
+            address.host, address.port, world_size=size, is_master=False, timeout=JOIN_TIMEOUT
+        )
+        return cls(store, rank, size)
 
     # ------------------------------------------------------------------ control: rank 0 to every worker
     def broadcast_object(self, value=None):

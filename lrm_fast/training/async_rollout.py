@@ -54,6 +54,7 @@ import dataclasses
 import queue
 import threading
 import time
+import traceback
 from collections import deque
 
 import torch
@@ -63,7 +64,7 @@ from torch.distributed.tensor import DTensor
 from lrm_fast.config import TrainConfig
 from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.runtime import DistInfo
-from lrm_fast.runtime.worker_group import TensorSpec, WorkerGroup, buckets, host_store
+from lrm_fast.runtime.worker_group import TIMEOUT, TensorSpec, WorkerGroup, buckets, host_store
 from lrm_fast.training.rollout_worker import Request, Result, WorkerSpec, request_seed, sample_request, serve
 
 __all__ = ["AsyncRollouts", "Request", "Result", "lag_of", "request_seed", "sample_request"]
@@ -100,8 +101,14 @@ class AsyncRollouts:
         # The workers build their models from the config (the policy's weights come with the first request):
         # a transformers model that has run a forward does not survive pickling whole (it keeps a flag that
         # its output-capturing hooks are installed, but not the hooks).
-        reference = _full_state(ref_model) if ref_model is not None and cfg.reward.kl_coef else None
-        self.workers, self.group = [], None
+        with_reference = ref_model is not None and cfg.reward.kl_coef
+        reference = _full_state(ref_model, keep=self.dist.is_main) if with_reference else None
+        # Rank 0 waits on the workers outside any collective; the other ranks wait for it on this gloo group,
+        # whose timeout allows a whole batch (NCCL's watchdog would end such a wait in the default group).
+        self._trainers = None
+        if self.dist.world_size > 1:
+            self._trainers = torch.distributed.new_group(backend="gloo", timeout=TIMEOUT)
+        self.workers, self.group, self._broken = [], None, False
         if self.dist.is_main:
             spec = WorkerSpec(
                 (model.config, model.generation_config), reference, tokenizer, cfg, bank, self.dist.world_size
@@ -114,6 +121,7 @@ class AsyncRollouts:
         self._started: dict[int, float] = {}
         self._version_pushed: int | None = None
         self.pushed = {"bytes": 0, "seconds": 0.0}  # every weight push so far (this run's process)
+        self._pushed_logged = dict(self.pushed)
 
     @property
     def pids(self) -> list[int]:
@@ -137,9 +145,38 @@ class AsyncRollouts:
             alive.close()
             self.workers.append(process)
             self._alive.append(keep)
-        self.group = WorkerGroup(store, 0, count + 1)  # waits until every worker has joined
+        self.group = self._join(store, count + 1)
         self._results: queue.Queue = queue.Queue()
         threading.Thread(target=self._listen, name="rollout-results", daemon=True).start()
+
+    def _join(self, store, size: int) -> WorkerGroup:
+        """Rank 0's end of the worker group, once every worker has joined; a worker that dies first is named
+        within POLL_S (the join itself would wait JOIN_TIMEOUT)."""
+        joined: queue.Queue = queue.Queue()
+
+        def join() -> None:
+            try:
+                joined.put(WorkerGroup(store, 0, size))
+            except Exception as error:  # handed to the waiting thread
+                joined.put(error)
+
+        threading.Thread(target=join, name="rollout-join", daemon=True).start()
+        while True:
+            try:
+                group = joined.get(timeout=POLL_S)
+                break
+            except queue.Empty:
+                self._check_workers("before joining")
+        if isinstance(group, Exception):
+            raise RuntimeError("the rollout workers did not join rank 0's worker group") from group
+        return group
+
+    def push_metrics(self) -> dict[str, float]:
+        """Bytes and seconds of the weight pushes since the last call (a step's: its requests', and a
+        rollback's resubmission)."""
+        bytes_, seconds = (self.pushed[k] - self._pushed_logged[k] for k in ("bytes", "seconds"))
+        self._pushed_logged = dict(self.pushed)
+        return {"async/push_bytes": float(bytes_), "async/push_s": seconds}
 
     def request(self, request: Request, model: torch.nn.Module) -> None:
         """Queue `request`, with the current weights first if they are newer than the last ones sent (every
@@ -181,7 +218,7 @@ class AsyncRollouts:
                 self._receive(block=True)
             result = self.ready.pop(index)
         if self.dist.world_size > 1:
-            result = _scatter(result, self.dist.world_size)
+            result = _scatter(result, self.dist.world_size, self._trainers)
         return result, self.sent.pop(index)
 
     def overlap(self, start: float, end: float) -> float:
@@ -191,20 +228,34 @@ class AsyncRollouts:
         while self._receive(block=False):
             pass
         spans = [(r.start, r.end) for r in self.ready.values()] + [(s, end) for s in self._started.values()]
-        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+        return covered_seconds(spans, start, end)
 
     def settle(self) -> list[Result]:
-        """Wait for every outstanding batch; the results not yet trained, by index (for a checkpoint)."""
+        """Wait for every outstanding batch (every rank waits for rank 0); the results not yet trained, by
+        index (for a checkpoint; rank 0 holds them all)."""
         while self.outstanding:
             self._receive(block=True)
+        if self._trainers is not None:
+            torch.distributed.barrier(group=self._trainers)
         return [self.ready[i] for i in sorted(self.ready)]
 
     def state_dict(self) -> dict:
-        """The batches requested and not yet trained, with their results (rank 0; waits for them)."""
-        return {"results": self.settle(), "requests": [self.sent[i] for i in sorted(self.sent)]}
+        """The batches requested and not yet trained, with their results (rank 0's; waits for them)."""
+        return {
+            "results": self.settle(),
+            "requests": [self.sent[i] for i in sorted(self.sent)],
+            "trainer_ranks": self.dist.world_size,  # each result holds one share per rank
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.ready = {r.index: r for r in state["results"]}
+        ranks = state.get("trainer_ranks", 1)
+        if state["requests"] and ranks != self.dist.world_size:
+            raise ValueError(
+                f"the checkpoint holds {len(state['requests'])} batches in flight, sampled as {ranks} "
+                f"trainer ranks' shares: resume it with {ranks} ranks (torchrun --nproc-per-node {ranks}), "
+                f"not {self.dist.world_size}"
+            )
+        self.ready = {r.index: _current(r) for r in state["results"]}
         self.sent = {r.index: r for r in state["requests"]}
         self.requested = max(self.sent, default=0)
 
@@ -219,7 +270,7 @@ class AsyncRollouts:
 
     def close(self) -> None:
         """Stop the workers (they also end with this process: see _exit_with_trainer)."""
-        if self.group is not None and all(p.is_alive() for p in self.workers):
+        if self.group is not None and not self._broken and all(p.is_alive() for p in self.workers):
             with contextlib.suppress(RuntimeError):  # a worker went away meanwhile: it is killed below
                 self.group.broadcast_object(None)
         for process in self.workers:
@@ -236,8 +287,9 @@ class AsyncRollouts:
         while remaining:
             try:
                 source, message = self.group.recv_object()
-            except RuntimeError:
-                return  # a worker's connection closed: _receive names the dead worker
+            except Exception:  # a closed connection, most often: _receive reports it
+                self._results.put((0, ("lost", traceback.format_exc())))
+                return
             if message[0] == "bye":
                 remaining -= 1
             else:
@@ -255,6 +307,10 @@ class AsyncRollouts:
                     return False
         if kind == "error":
             raise RuntimeError(f"rollout worker {source} ({self.workers[source - 1].pid}) failed:\n{payload}")
+        if kind == "lost":
+            time.sleep(POLL_S)  # a worker that died closed the connection: let its exit code be known
+            self._check_workers()
+            raise RuntimeError(f"rank 0 stopped receiving from the rollout workers:\n{payload}")
         if kind == "started":
             self._started[payload[0]] = payload[1]
             return True
@@ -263,19 +319,20 @@ class AsyncRollouts:
         self.ready[payload.index] = payload
         return True
 
-    def _check_workers(self) -> None:
+    def _check_workers(self, when: str = "with batches in flight") -> None:
         for rank, process in enumerate(self.workers, start=1):
             if not process.is_alive():
                 raise RuntimeError(
                     f"rollout worker {rank} (pid {process.pid}): the rollout process exited "
-                    f"(code {process.exitcode}) with batches in flight"
+                    f"(code {process.exitcode}) {when}"
                 )
 
     def _guarded(self, call):
         """A collective with the workers; a dead worker's broken connection is reported by its name."""
         try:
             return call()
-        except RuntimeError:
+        except Exception:
+            self._broken = True  # the workers may be inside a broadcast: no goodbye on close
             self._check_workers()
             raise
 
@@ -285,11 +342,37 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def _full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: _full(v).detach().clone() for k, v in model.state_dict().items()}
+def _full_state(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor] | None:
+    """The whole state on the CPU, a tensor at a time (every rank gathers; only `keep` holds the copy)."""
+    state = {}
+    for name, value in model.state_dict().items():
+        full = _full(value).detach()
+        if keep:
+            state[name] = full.to("cpu", copy=True)
+    return state if keep else None
 
 
-def _scatter(result: Result | None, world_size: int) -> Result:
+def covered_seconds(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of [start, end] inside the union of `spans`."""
+    covered, reach = 0.0, start
+    for a, b in sorted(spans):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            covered += b - a
+            reach = b
+    return covered
+
+
+def _current(result: Result) -> Result:
+    """A result as saved by a checkpoint from before results held every rank's share (`selection`)."""
+    if "selections" not in vars(result):
+        selection = vars(result).pop("selection", None)
+        result.selections = None if selection is None else [selection]
+        result.worker = 1
+    return result
+
+
+def _scatter(result: Result | None, world_size: int, group) -> Result:
     """Rank 0's result, each rank getting its own share of the batch only."""
     shares = None
     if result is not None:
@@ -298,7 +381,7 @@ def _scatter(result: Result | None, world_size: int) -> Result:
             for share in (result.selections or [None] * world_size)
         ]
     box = [None]
-    torch.distributed.scatter_object_list(box, shares, src=0)
+    torch.distributed.scatter_object_list(box, shares, src=0, group=group)
     return box[0]
 
 

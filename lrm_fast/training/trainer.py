@@ -212,6 +212,7 @@ class GRPOTrainer:
         tick = time.perf_counter()
         if selection is None:  # the weights that sampled it made the logits overflow: undo their update
             lr = self._roll_back("sampled logits", sampled_with=version)
+            self._async.update(self.pipeline.push_metrics() if self.pipeline is not None else {})
             return {"optim/skipped": 1.0, "optim/steps": 0.0, "optim/lr": lr, **timings, **self._async}
         self.guard.confirm(version)
         samples = selection.samples
@@ -224,6 +225,8 @@ class GRPOTrainer:
         timings["time/update_s"], tick = time.perf_counter() - tick, time.perf_counter()
         if self.pipeline is not None:
             self._async["async/overlap_s"] = self.pipeline.overlap(update_start, time.monotonic())
+            # The weights gathered and broadcast to the workers since the last row (requests, rollbacks).
+            self._async.update(self.pipeline.push_metrics())
         self.backend.sync_weights(self.model)  # hf: the sampler is the policy itself (a no-op)
         timings["time/weight_sync_s"] = time.perf_counter() - tick
         tokens_per_s = sum(len(s.response_ids) for s in samples) / max(sum(timings.values()), 1e-9)
@@ -307,15 +310,15 @@ class GRPOTrainer:
         """Batch n from the rollout process, after requesting batch n + lag with the current weights
         (the first step requests batches 1 .. 1 + lag, all with the starting weights)."""
         pipeline, n, cfg = self.pipeline, self.step_count, self.cfg
-        pushed = dict(pipeline.pushed)
         while pipeline.requested < n + pipeline.lag:
             pipeline.request(self._request(pipeline.requested + 1, n - 1), self.model)
-        # The weights gathered from the shards and broadcast to the workers this step (none when unchanged).
-        self._async["async/push_bytes"] = float(pipeline.pushed["bytes"] - pushed["bytes"])
-        self._async["async/push_s"] = pipeline.pushed["seconds"] - pushed["seconds"]
         tick = time.perf_counter()
         result, request = pipeline.take(n)
         self._put_back_unused(request, result.selection)
+        if (result.index, result.version, result.steps) != (n, request.version, request.steps):
+            answered = (result.index, result.version, result.steps)
+            expected = (n, request.version, request.steps)
+            raise RuntimeError(f"batch (index, version, steps) {expected} came back as {answered}")
         staleness = self.guard.optimizer_steps - result.steps  # optimizer steps since its weights
         if staleness > cfg.trainer.max_staleness:  # the schedule guarantees it; a broken one must not train
             raise RuntimeError(

@@ -14,7 +14,7 @@ from lrm_fast.data.sources import builtin_examples
 from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.kernels import token_logprobs
 from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
-from lrm_fast.training.async_rollout import AsyncRollouts, Request
+from lrm_fast.training.async_rollout import AsyncRollouts, Request, covered_seconds
 from lrm_fast.training.sampler_correction import SamplerCorrection
 from lrm_fast.training.update import micro_batch_loss, response_logits
 
@@ -79,6 +79,7 @@ def test_a_rollback_samples_the_batches_in_flight_again_with_the_restored_weight
     finally:
         pipeline.close()
     assert [(r.index, r.version) for r in results] == [(1, 2), (2, 2)]
+    assert pipeline.push_metrics()["async/push_bytes"] > 0  # the resubmission's push is counted
     for result in results:
         samples = result.selection.samples
         gap = M.sampler_logprobs(samples) - trainer_logprobs(model, samples, 0.8)
@@ -117,6 +118,30 @@ def test_two_workers_share_the_batches_and_sample_what_one_worker_does():
     torch.testing.assert_close(
         M.sampler_logprobs(third), trainer_logprobs(model, third, 0.8), rtol=0, atol=1e-5
     )
+
+
+def test_batches_in_flight_resume_only_with_the_trainer_ranks_that_they_were_sampled_for():
+    model, tokenizer, cfg = small_policy_and_config()
+    examples = builtin_examples(2, "train", 0, cfg.data.difficulty)
+    pipeline = AsyncRollouts(cfg, model, tokenizer, None)
+    try:
+        pipeline.request(Request(1, 0, [examples], seed=1), model)
+        state = pipeline.state_dict()
+        assert state["trainer_ranks"] == 1 and [r.index for r in state["results"]] == [1]
+        with pytest.raises(ValueError, match=r"sampled as 2 trainer ranks' shares: resume it with 2 ranks"):
+            pipeline.load_state_dict({**state, "trainer_ranks": 2})
+        # A checkpoint from before results held every rank's share: its one selection is taken as rank 0's.
+        old = state["results"][0]
+        vars(old)["selection"] = vars(old).pop("selections")[0]
+        pipeline.load_state_dict({"results": [old], "requests": state["requests"]})
+        assert pipeline.take(1)[0].selection is not None
+    finally:
+        pipeline.close()
+
+
+def test_overlap_counts_the_union_of_the_workers_sampling_spans():
+    assert covered_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 9.0)], start=1.5, end=6.0) == pytest.approx(2.5)
+    assert covered_seconds([], 0.0, 1.0) == 0.0
 
 
 @pytest.mark.parametrize("tis_cap", [1.2, math.inf], ids=["capped", "uncapped"])
