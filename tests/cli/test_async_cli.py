@@ -81,22 +81,24 @@ def _rollout_pid(stdout: str) -> int:
 
 @pytest.mark.slow
 def test_staleness_follows_its_schedule_and_the_rollout_process_ends_with_the_run(reference):
+    """Also: the one-worker case logs the steps recorded before rollout workers existed."""
     run, stdout = reference
     rows = _steps(run)
     # Batch 1 is sampled with the starting weights and trained first; every later one is 1 version old.
     assert [r["async/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert all(r["rollout/prob_ratio"] > 0 for r in rows)
     assert gone(_rollout_pid(stdout))
+    _check_the_steps_recorded_before_workers_existed(run)
 
 
-@pytest.mark.slow
-def test_one_worker_reproduces_the_steps_recorded_before_workers_existed(reference):
+def _check_the_steps_recorded_before_workers_existed(run):
     """tests/fixtures/async_one_worker_steps.json holds this run's steps as the single-process pipeline
     (a rollout process fed by shared-memory queues) logged them; the one-worker case of the rollout workers
-    must log the same, apart from times and the new weight-push keys."""
+    must log the same, apart from times and the new weight-push keys. (Checked inside a test that uses the
+    reference run already: each more test of it may make the run once more on another xdist worker.)"""
     fixture = Path(__file__).parents[1] / "fixtures" / "async_one_worker_steps.json"
     recorded = json.loads(fixture.read_text())
-    rows = [row for row in read_metrics(reference[0]) if "loss/policy" in row]
+    rows = [row for row in read_metrics(run) if "loss/policy" in row]
     assert len(rows) == len(recorded["rows"]) == 4
     for row, expected in zip(rows, recorded["rows"], strict=True):
         assert {k: row[k] for k in expected} == pytest.approx(expected, rel=1e-6, abs=1e-9)
