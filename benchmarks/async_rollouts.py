@@ -3,6 +3,8 @@ final accuracy, seeds interleaved across the arms, one run at a time.
 
     python -m benchmarks.async_rollouts --out benchmarks/results/async         (3 seeds, the main job)
     python -m benchmarks.async_rollouts --arms sync,sync_update_threads_2 --seeds 0 --steps 50
+    python -m benchmarks.async_rollouts --arms sync,async,async_partial --extra +experiment=long_192 \
+        --out benchmarks/results/async_long                                  (the long task's tail)
 
 Each run is `lrm-fast-train ARM_OVERRIDES seed=S` (plus --extra); for each seed every arm runs before the
 next seed, so a slow spell of a shared machine hits both arms alike. The step time counts GRPO steps only
@@ -10,7 +12,9 @@ next seed, so a slow spell of a shared machine hits both arms alike. The step ti
 the SFT cold start (cached) and the evaluations are left out. Per arm: mean step time over the seeds (each
 seed's mean over its steps), its ratio to the first arm, final held-out accuracy (mean, min, max), and
 the seconds spent waiting for rollouts, updating and, asynchronously, updating while the rollout process
-sampled. Writes OUT/results.json and OUT/results.md; prints the table.
+sampled; a worker's seconds per batch (from its landing to its end) and, with partial rollouts, the share
+of tokens sampled with newer weights than their batch's first. Writes OUT/results.json and OUT/results.md;
+prints the table.
 """
 
 import argparse
@@ -27,6 +31,8 @@ ARMS = {
     "sync_update_threads_1": ["trainer.update_threads=1"],  # everything on one thread
     "async": ["trainer.max_staleness=1"],  # one core to each side (on 2 cores)
     "async_update_threads_2": ["trainer.max_staleness=1", "trainer.update_threads=2"],  # cores shared
+    # Partial rollouts on the long task (+experiment=long_192): a batch lands every 96 decode steps of 192.
+    "async_partial": ["trainer.max_staleness=1", "rollout.partial_steps=96"],
 }
 
 
@@ -50,6 +56,8 @@ def run_arm(arm: str, seed: int, steps: int | None, extra: list[str], out: Path)
         "rollout_wait_s": total("time/rollout_s"),
         "update_s": total("time/update_s"),
         "overlap_s": total("async/overlap_s"),
+        "sampling_s": total("async/sampling_s"),  # the workers' time per batch, landing to end, summed
+        "fresher_tokens": total("async/fresher_tokens") / len(rows),
         "final_accuracy": summary["final_heldout_accuracy"],
     }
 
@@ -65,6 +73,7 @@ def summarize(runs: list[dict], arms: list[str]) -> list[dict]:
                 "arm": arm,
                 "overrides": " ".join(ARMS[arm]) or "(none)",
                 "seeds": len(mine),
+                "steps": statistics.mean(r["steps"] for r in mine),
                 "step_s": statistics.mean(step),
                 "step_s_std": statistics.stdev(step) if len(step) > 1 else 0.0,
                 "accuracy": statistics.mean(accuracy),
@@ -72,7 +81,7 @@ def summarize(runs: list[dict], arms: list[str]) -> list[dict]:
                 "accuracy_max": max(accuracy),
                 **{
                     k: statistics.mean(r[k] for r in mine)
-                    for k in ("rollout_wait_s", "update_s", "overlap_s")
+                    for k in ("rollout_wait_s", "update_s", "overlap_s", "sampling_s", "fresher_tokens")
                 },
             }
         )
@@ -84,15 +93,15 @@ def summarize(runs: list[dict], arms: list[str]) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| arm | overrides | seeds | s / step | vs first | final held-out (min-max) | rollout wait s "
-        "| update s | overlap s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| update s | overlap s | worker s / batch | fresher tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['arm']} | `{r['overrides']}` | {r['seeds']} | {r['step_s']:.3f} ± {r['step_s_std']:.3f} | "
             f"{r['ratio']:.2f}x | {100 * r['accuracy']:.1f}% ({100 * r['accuracy_min']:.1f}-"
             f"{100 * r['accuracy_max']:.1f}) | {r['rollout_wait_s']:.1f} | {r['update_s']:.1f} | "
-            f"{r['overlap_s']:.1f} |"
+            f"{r['overlap_s']:.1f} | {r['sampling_s'] / r['steps']:.2f} | {100 * r['fresher_tokens']:.1f}% |"
         )
     return "\n".join(lines) + "\n"
 

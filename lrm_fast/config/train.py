@@ -184,6 +184,10 @@ class RolloutConfig:
     correction_level: CorrectionLevel = CorrectionLevel.token
     correction_mode: CorrectionMode = CorrectionMode.truncate
     correction_low: float | None = None
+    # Partial rollouts (lrm_fast/rollout/partial.py; asynchronous rollouts with rollout=hf): each rollout
+    # worker decodes its unfinished responses across weight updates, and the next batch lands with its weights
+    # every partial_steps decode steps. None: off (each batch is sampled to its end with its own weights).
+    partial_steps: int | None = None
     # rollout=vllm only (lrm_fast/rollout/vllm.py).
     gpu_memory_utilization: float = 0.5  # the engine's share of the GPU (weights + KV cache)
     tensor_parallel_size: int = 1  # ranks one engine spans; must divide the world size

@@ -18,6 +18,7 @@ from lrm_fast.config.choices import (
     Objective,
     RatioLevel,
     Regime,
+    RolloutEngine,
     Sampling,
     Truncated,
 )
@@ -50,6 +51,7 @@ def validate(cfg: TrainConfig) -> None:
     _validate_loss(cfg)
     _validate_levers(cfg)
     _validate_trainer(cfg)
+    _validate_partial(cfg)
     validate_protocol(cfg.eval, "eval.")
     _positive("eval.problems", cfg.eval.problems)
     _at_least("eval.every", cfg.eval.every, 0)
@@ -274,6 +276,41 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     divides = trainer.prompts_per_step % trainer.mini_batches == 0
     requirement = f"a divisor of trainer.prompts_per_step ({trainer.prompts_per_step})"
     _check(divides, "trainer.mini_batches", requirement, trainer.mini_batches)
+
+
+def _validate_partial(cfg: TrainConfig) -> None:
+    """Partial rollouts (lrm_fast/rollout/partial.py): a pool of our decode loop in each rollout worker."""
+    steps = cfg.rollout.partial_steps
+    if steps is None:
+        return
+    _positive("rollout.partial_steps", steps)
+    trainer = cfg.trainer
+    if not trainer.max_staleness:
+        raise ValueError(
+            "rollout.partial_steps needs asynchronous rollouts (trainer.max_staleness >= "
+            "trainer.mini_batches x trainer.epochs): a synchronous step lands no weights while it samples"
+        )
+    if cfg.rollout.backend != RolloutEngine.hf:
+        raise ValueError(
+            "rollout.partial_steps needs rollout=hf: the vLLM backend samples a batch in one engine call, "
+            "which takes no weights while it runs"
+        )
+    if cfg.sampling.name != Sampling.static:
+        raise ValueError(
+            "rollout.partial_steps needs sampling=static: dynamic sampling's refill rounds depend on the "
+            "first round's scores, which a pool that lands requests at fixed decode steps cannot wait for"
+        )
+    # A worker's next landing is a request the trainer makes lag steps ahead: the workers' pools must end a
+    # batch before they need a request that the trainer makes only after training it.
+    lag = trainer.max_staleness // (trainer.mini_batches * trainer.epochs)
+    landings = lag // trainer.rollout_workers + 1
+    enough = steps * landings >= cfg.rollout.max_new_tokens
+    requirement = (
+        f"at least rollout.max_new_tokens / {landings} ({cfg.rollout.max_new_tokens} / {landings}): a batch "
+        f"must end within the {landings} landing(s) its worker has before the trainer needs it (lag {lag}, "
+        f"{trainer.rollout_workers} worker(s))"
+    )
+    _check(enough, "rollout.partial_steps", requirement, steps)
 
 
 def _validate_cold_start(cfg: TrainConfig) -> None:

@@ -59,6 +59,9 @@ class Rollout:
     """Sampler log-prob of each response token, same length as response_ids."""
     finished: bool
     """True if the response ended with EOS, False if it was cut at max_new_tokens."""
+    versions: list[int] | None = None
+    """The policy version that sampled each response token (partial rollouts, lrm_fast/rollout/partial.py);
+    None: one version sampled them all."""
 
 
 class RolloutBackend(Protocol):

@@ -151,13 +151,16 @@ def _argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return logits.argmax(dim=-1), torch.zeros(len(logits), device=logits.device)
 
 
-def _draw(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row from softmax(top_p(logits / T)), and its log-prob under that distribution."""
+def _draw(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(top_p(logits / T)), and its log-prob under that distribution (drawn
+    from `generator`; None: the global one)."""
     scores = logits / temperature
     if top_p < 1.0:
         scores = _top_p_filter(scores, top_p)
     logp = torch.log_softmax(scores, dim=-1)
-    token = torch.multinomial(logp.exp(), 1).squeeze(1)
+    token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
     return token, logp.gather(1, token[:, None]).squeeze(1)
 
 

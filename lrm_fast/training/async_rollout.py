@@ -43,6 +43,13 @@ were sampled with weights the checkpoint no longer holds), so a resumed run trai
 uninterrupted one would. A rollback by the divergence guard discards the batches in flight and requests
 them again with the restored weights (lrm_fast/training/guard.py: which update a bad batch undoes).
 
+Partial rollouts (rollout.partial_steps, lrm_fast/rollout/partial.py): a worker keeps one pool of unfinished
+responses, and each request lands with its weights every partial_steps decode steps; a batch's long responses
+go on with the next batch's weights, beside its first tokens, rather than keeping the worker at a small batch
+until they end. Its tokens are at most as old as the schedule above allows (later weights only make them
+fresher), each with its own weights' log-prob for the correction; before waiting for every batch in flight
+(a checkpoint, a rollback) rank 0 sends a drain, which decodes the pools to their end.
+
 A worker that dies stops the run: rank 0 names it ("rollout worker 1 (pid N): the rollout process
 exited") within POLL_S of waiting on it, or at the next broadcast that fails; torchrun ends the other ranks,
 and the workers end with rank 0's process. The last checkpoint resumes exactly. Placement on GPUs, and why
@@ -67,7 +74,15 @@ from lrm_fast.runtime import DistInfo
 from lrm_fast.runtime.worker_group import TIMEOUT, TensorSpec, WorkerGroup, buckets, host_store
 from lrm_fast.training.rollout_worker import Request, Result, WorkerSpec, request_seed, sample_request, serve
 
-__all__ = ["AsyncRollouts", "Request", "Result", "lag_of", "request_seed", "sample_request"]
+__all__ = [
+    "AsyncRollouts",
+    "Request",
+    "Result",
+    "lag_of",
+    "request_seed",
+    "sample_request",
+    "staleness_metrics",
+]
 
 # How often a waiting side checks that the other is still alive (seconds).
 POLL_S = 0.5
@@ -95,7 +110,7 @@ class AsyncRollouts:
     ):
         """`ref_model`: the frozen reference, copied once into each worker when the reward has a KL term
         (reward.kl_coef)."""
-        self.lag = lag_of(cfg)
+        self.lag, self.partial = lag_of(cfg), cfg.rollout.partial_steps is not None
         self.dist = dist or DistInfo(0, 1, torch.device("cpu"))
         self.bucket_bytes = cfg.rollout.sync_bucket_mb << 20
         # The workers build their models from the config (the policy's weights come with the first request):
@@ -232,7 +247,10 @@ class AsyncRollouts:
 
     def settle(self) -> list[Result]:
         """Wait for every outstanding batch (every rank waits for rank 0); the results not yet trained, by
-        index (for a checkpoint; rank 0 holds them all)."""
+        index (for a checkpoint; rank 0 holds them all). Under partial rollouts the workers first decode
+        their pools to the end (a drain), since no request follows to land."""
+        if self.partial:
+            self._control(("drain", None))
         while self.outstanding:
             self._receive(block=True)
         if self._trainers is not None:
@@ -335,6 +353,27 @@ class AsyncRollouts:
             self._broken = True  # the workers may be inside a broadcast: no goodbye on close
             self._check_workers()
             raise
+
+
+def staleness_metrics(result: Result, optimizer_steps: int, cfg: TrainConfig) -> dict[str, float]:
+    """The staleness in optimizer steps of a batch about to be trained after `optimizer_steps` of them: its
+    oldest token's (the request's weights), and under partial rollouts the share of tokens sampled with
+    newer weights and the mean token's. Raises if any token is older than trainer.max_staleness: the
+    schedule guarantees it, and a broken one must not train."""
+    token_steps = result.token_steps or {result.steps: 1}
+    tokens = sum(token_steps.values())
+    staleness = {optimizer_steps - steps: count for steps, count in token_steps.items()}
+    if max(staleness) > cfg.trainer.max_staleness:
+        raise RuntimeError(
+            f"batch {result.index} has tokens {max(staleness)} optimizer steps old "
+            f"(max {cfg.trainer.max_staleness})"
+        )
+    oldest = optimizer_steps - result.steps
+    metrics = {"async/staleness": float(oldest)}
+    if cfg.rollout.partial_steps:
+        metrics["async/fresher_tokens"] = sum(c for s, c in staleness.items() if s < oldest) / max(tokens, 1)
+        metrics["async/token_staleness"] = sum(s * c for s, c in staleness.items()) / max(tokens, 1)
+    return metrics
 
 
 def _full(value: torch.Tensor) -> torch.Tensor:

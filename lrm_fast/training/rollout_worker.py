@@ -34,6 +34,9 @@ from lrm_fast.levers.scoring import ScoredStep
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.runtime.worker_group import Address, WorkerGroup
 
+# The message that ends a partial-rollout pool without another landing (lrm_fast/training/partial_pool.py).
+DRAIN = "drain"
+
 
 @dataclass
 class Request:
@@ -53,6 +56,9 @@ class Result:
     end: float
     steps: int = 0  # the request's
     worker: int = 1  # the worker's group rank
+    # Partial rollouts: the response tokens of every share by the optimizer steps behind the weights that
+    # sampled them (each token's staleness); None: all sampled with the request's.
+    token_steps: dict[int, int] | None = None
 
     @property
     def selection(self) -> Selection | None:
@@ -120,30 +126,37 @@ def serve(address: Address, rank: int, size: int, spec: WorkerSpec, alive) -> No
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_receive, args=(group, inbox), name="control", daemon=True).start()
     try:
-        sampler = _Sampler(spec)
+        from lrm_fast.training.partial_pool import PartialPool  # which imports this module
+
+        sampler = Sampler(spec)
+        pool = PartialPool(sampler, rank) if cfg.rollout.partial_steps else None
         while (message := inbox.get()) is not None:
             if isinstance(message, BaseException):
                 raise message
-            request, weights = message
-            sampler.load(weights)
-            start = time.monotonic()
-            group.send_object(("started", (request.index, start)))
-            selections = sampler.sample(request)
-            end = time.monotonic()
-            group.send_object(
-                (
-                    "result",
-                    Result(request.index, request.version, selections, start, end, request.steps, rank),
-                )
-            )
+            if message == DRAIN:  # partial rollouts: the pool decoded to its end, before a checkpoint
+                results = pool.decode(None) if pool is not None else []
+            else:
+                request, weights = message
+                sampler.load(weights)
+                group.send_object(("started", (request.index, time.monotonic())))
+                results = _whole(sampler, request, rank) if pool is None else pool.land(request)
+            for result in results:
+                group.send_object(("result", result))
         group.send_object(("bye", None))
     except Exception:
         group.send_object(("error", traceback.format_exc()))
 
 
+def _whole(sampler: "Sampler", request: Request, rank: int) -> list[Result]:
+    """A request sampled from start to end with its own weights."""
+    start = time.monotonic()
+    selections = sampler.sample(request)
+    return [Result(request.index, request.version, selections, start, time.monotonic(), request.steps, rank)]
+
+
 def _receive(group: WorkerGroup, inbox: queue.Queue) -> None:
     """The control group's messages, in rank 0's order: weights (kept as the newest), requests (this worker's
-    are queued with the newest weights), the stop (None)."""
+    are queued with the newest weights), drains (every worker's), the stop (None)."""
     weights = None
     try:
         while (message := group.broadcast_object()) is not None:
@@ -153,6 +166,8 @@ def _receive(group: WorkerGroup, inbox: queue.Queue) -> None:
                 for bucket in payload:
                     received = group.broadcast_bucket(None, bucket)
                     weights.update((s.name, t) for s, t in zip(bucket, received, strict=True))
+            elif kind == "drain":
+                inbox.put(DRAIN)
             elif payload[1] == group.rank:  # ("request", (request, worker))
                 inbox.put((payload[0], weights))
         inbox.put(None)
@@ -160,7 +175,7 @@ def _receive(group: WorkerGroup, inbox: queue.Queue) -> None:
         inbox.put(error)
 
 
-class _Sampler:
+class Sampler:
     """The worker's models and engine, and one batch sampled for every trainer rank."""
 
     def __init__(self, spec: WorkerSpec):
@@ -183,7 +198,7 @@ class _Sampler:
             return response_log_ratios(self.model, ref_model, samples, cfg.loss, cfg.rollout.temperature)
 
         kl_of = log_ratios if ref_model is not None else None
-        self.generate = generate
+        self.generate, self.tokenizer = generate, tokenizer
         self.score = lambda examples, rollouts: score(cfg, examples, rollouts, tokenizer, spec.bank, kl_of)
 
     def load(self, weights: dict | None) -> None:

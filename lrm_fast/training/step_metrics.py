@@ -169,6 +169,9 @@ SAMPLING_KEYS = tuple(f"sampling/{k}" for k in (
     "rounds", "prompts", "informative_groups", "kept_groups", "padded_groups", "prompts_per_kept_group"
 ))  # fmt: skip
 ASYNC_KEYS = ("async/overlap_s", "async/staleness", "async/sampling_s", "async/push_bytes", "async/push_s")
+# Partial rollouts (rollout.partial_steps): the tokens sampled with newer weights than their batch's first,
+# and the mean staleness of a token (optimizer steps), against async/staleness, the batch's oldest token's.
+PARTIAL_KEYS = ("async/fresher_tokens", "async/token_staleness")
 # The sampler / trainer mismatch (rollout.log_mismatch, rollout.tis_cap, asynchronous rollouts): present
 # when a step forwarded at least one sampled token (injected tokens have no sampler log-prob).
 MISMATCH_KEYS = tuple(f"rollout/{k}" for k in MISMATCH_SUMS[:-1])
@@ -195,7 +198,7 @@ def step_metric_keys(cfg: TrainConfig, asynchronous: bool) -> tuple[frozenset[st
     if cfg.sampling.name == Sampling.dynamic:
         always |= set(SAMPLING_KEYS)
     if asynchronous:
-        always |= set(ASYNC_KEYS)
+        always |= set(ASYNC_KEYS) | (set(PARTIAL_KEYS) if cfg.rollout.partial_steps else set())
     mismatch = cfg.rollout.log_mismatch or SamplerCorrection.of(cfg.rollout, asynchronous).applied
     measured = set(MISMATCH_KEYS) if mismatch else set()
     return frozenset(always), frozenset(measured)

@@ -55,7 +55,13 @@ from lrm_fast.training.assembly import (
     encode,
     score,
 )
-from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed, sample_request
+from lrm_fast.training.async_rollout import (
+    AsyncRollouts,
+    Request,
+    request_seed,
+    sample_request,
+    staleness_metrics,
+)
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.training.guard import Diverged, DivergenceGuard
 from lrm_fast.training.metrics import MetricsLogger
@@ -319,13 +325,9 @@ class GRPOTrainer:
             answered = (result.index, result.version, result.steps)
             expected = (n, request.version, request.steps)
             raise RuntimeError(f"batch (index, version, steps) {expected} came back as {answered}")
-        staleness = self.guard.optimizer_steps - result.steps  # optimizer steps since its weights
-        if staleness > cfg.trainer.max_staleness:  # the schedule guarantees it; a broken one must not train
-            raise RuntimeError(
-                f"batch {n} is {staleness} optimizer steps old (max {cfg.trainer.max_staleness})"
-            )
+        staleness = staleness_metrics(result, self.guard.optimizer_steps, cfg)  # raises past the bound
         self._timings["time/rollout_s"] = time.perf_counter() - tick  # waiting for it
-        self._async["async/staleness"] = float(staleness)
+        self._async |= staleness
         self._async["async/sampling_s"] = result.end - result.start
         return result.selection, result.version
 

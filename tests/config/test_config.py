@@ -243,6 +243,49 @@ def test_a_bad_choice_is_refused_at_composition_with_the_valid_values(override, 
     assert f"expected one of [{valid}]" in str(error.value.__cause__)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["rollout.partial_steps=0", "trainer.max_staleness=1"], "rollout.partial_steps must be > 0"),
+        (["rollout.partial_steps=64"], r"needs asynchronous rollouts \(trainer.max_staleness >= "),
+        (
+            ["rollout.partial_steps=64", "trainer.max_staleness=1", "rollout=vllm"],
+            "rollout.partial_steps needs rollout=hf",
+        ),
+        (
+            ["rollout.partial_steps=64", "trainer.max_staleness=1", "sampling=dynamic"],
+            "rollout.partial_steps needs sampling=static",
+        ),
+        # max_new_tokens 64, lag 1, one worker: two landings, so at least 32.
+        (
+            ["rollout.partial_steps=31", "trainer.max_staleness=1"],
+            r"rollout.partial_steps must be at least rollout.max_new_tokens / 2 \(64 / 2\).*lag 1, 1 worker",
+        ),
+        # Two workers at lag 1: a worker's next request comes only after its batch is trained.
+        (
+            ["rollout.partial_steps=63", "trainer.max_staleness=1", "trainer.rollout_workers=2"],
+            r"at least rollout.max_new_tokens / 1 \(64 / 1\)",
+        ),
+    ],
+    ids=["zero", "synchronous", "vllm", "dynamic", "too_few_steps", "two_workers"],
+)
+def test_partial_rollouts_are_refused_where_they_cannot_land(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate(_compose(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["rollout.partial_steps=32", "trainer.max_staleness=1"],
+        ["rollout.partial_steps=64", "trainer.max_staleness=1", "trainer.rollout_workers=2"],
+        ["rollout.partial_steps=16", "trainer.max_staleness=6", "trainer.mini_batches=2"],  # lag 3: 4 landings
+    ],
+)
+def test_partial_rollouts_are_accepted_where_every_batch_ends_in_time(overrides):
+    validate(_compose(overrides))
+
+
 def test_dynamic_sampling_with_rollout_workers_needs_one_trainer_rank():
     cfg = TrainConfig()
     cfg.sampling.name, cfg.trainer.max_staleness = Sampling.dynamic, 1
