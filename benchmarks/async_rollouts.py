@@ -3,7 +3,8 @@ final accuracy, seeds interleaved across the arms, one run at a time.
 
     python -m benchmarks.async_rollouts --out benchmarks/results/async         (3 seeds, the main job)
     python -m benchmarks.async_rollouts --arms sync,sync_update_threads_2 --seeds 0 --steps 50
-    python -m benchmarks.async_rollouts --arms sync,async,async_partial --extra +experiment=long_192 \
+    python -m benchmarks.async_rollouts --arms sync,async,async_lag2,async_partial_lag2 \
+        --extra +experiment=long_192 eval.problems=100 --steps 15 \
         --out benchmarks/results/async_long                                  (the long task's tail)
 
 Each run is `lrm-fast-train ARM_OVERRIDES seed=S` (plus --extra); for each seed every arm runs before the
@@ -31,8 +32,11 @@ ARMS = {
     "sync_update_threads_1": ["trainer.update_threads=1"],  # everything on one thread
     "async": ["trainer.max_staleness=1"],  # one core to each side (on 2 cores)
     "async_update_threads_2": ["trainer.max_staleness=1", "trainer.update_threads=2"],  # cores shared
-    # Partial rollouts on the long task (+experiment=long_192): a batch lands every 96 decode steps of 192.
+    "async_lag2": ["trainer.max_staleness=2"],  # two batches sampled ahead
+    # Partial rollouts on the long task (+experiment=long_192): at lag 1 a batch lands every 96 decode steps
+    # of 192; at lag 2 every 64, so that a batch's tail decodes during the update before its own.
     "async_partial": ["trainer.max_staleness=1", "rollout.partial_steps=96"],
+    "async_partial_lag2": ["trainer.max_staleness=2", "rollout.partial_steps=64"],
 }
 
 

@@ -305,9 +305,10 @@ def _validate_partial(cfg: TrainConfig) -> None:
     lag = trainer.max_staleness // (trainer.mini_batches * trainer.epochs)
     landings = lag // trainer.rollout_workers + 1
     enough = steps * landings >= cfg.rollout.max_new_tokens
+    least = -(-cfg.rollout.max_new_tokens // landings)
     requirement = (
-        f"at least rollout.max_new_tokens / {landings} ({cfg.rollout.max_new_tokens} / {landings}): a batch "
-        f"must end within the {landings} landing(s) its worker has before the trainer needs it (lag {lag}, "
+        f"at least ceil(rollout.max_new_tokens / {landings}) = {least}: a batch must end within the "
+        f"{landings} landing(s) its worker has before the trainer needs it (lag {lag}, "
         f"{trainer.rollout_workers} worker(s))"
     )
     _check(enough, "rollout.partial_steps", requirement, steps)

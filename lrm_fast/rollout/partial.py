@@ -69,10 +69,32 @@ class PartialDecoder:
         self.rows: dict[Hashable, list[_Row]] = {}  # every unreturned chunk's rows, in landing order
         self.generators: dict[Hashable, torch.Generator] = {}
         self.active: list[_Row] = []  # the unfinished rows, in the order of the batch (and the cache)
+        self.logits: torch.Tensor | None = None  # the next token's, per active row
 
     @property
     def empty(self) -> bool:
         return not self.rows
+
+    def state_dict(self) -> dict:
+        """Everything the pool holds between two calls: its rows, their order, each chunk's generator. The
+        cache and logits are left out: the next landing computes them anew, with the next weights."""
+        where = {id(row): (key, i) for key, rows in self.rows.items() for i, row in enumerate(rows)}
+        return {
+            "version": self.version,
+            "rows": self.rows,
+            "active": [where[id(row)] for row in self.active],
+            "generators": {key: g.get_state() for key, g in self.generators.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """The pool of `state_dict`; it decodes again after the next landing."""
+        self.version, self.rows = state["version"], state["rows"]
+        self.active = [self.rows[key][i] for key, i in state["active"]]
+        self.generators = {}
+        for key, generator_state in state["generators"].items():
+            self.generators[key] = torch.Generator(self.device)
+            self.generators[key].set_state(generator_state)
+        self.logits = None  # nothing to decode from until a landing re-prefills
 
     def land(self, version: int, chunks: list[Chunk]) -> None:
         """The model now holds weights `version`: the unfinished rows go on under them, `chunks` join."""
@@ -97,9 +119,14 @@ class PartialDecoder:
         try:
             with torch.inference_mode():
                 taken = 0
+                if self.active and self.logits is None:
+                    raise RuntimeError(
+                        "the pool stopped at a landing (or was restored): it decodes after the next"
+                    )
                 while self.active and (steps is None or taken < steps):
-                    self._step()
                     taken += 1
+                    # The last step before a landing needs no logits: the landing's prefill computes them.
+                    self._step(forward=steps is None or taken < steps)
                     done += self._returned()
         finally:
             self.backend.model.train(was_training)
@@ -120,8 +147,9 @@ class PartialDecoder:
             self.backend.model.train(was_training)
         self.next_position = positions[:, -1:] + 1
 
-    def _step(self) -> None:
-        """One token for every unfinished row (each chunk from its own generator); ended rows leave."""
+    def _step(self, forward: bool = True) -> None:
+        """One token for every unfinished row (each chunk from its own generator); ended rows leave. Then,
+        with `forward`, the next logits (else none until the next landing)."""
         eos = self.backend.eos_token_ids
         for key in dict.fromkeys(row.chunk for row in self.active):  # chunks in landing order
             index = torch.tensor(
@@ -143,6 +171,9 @@ class PartialDecoder:
             kept = torch.tensor(keep, device=self.device)
             self.cache.batch_select_indices(kept)
             self.mask, self.next_position = self.mask[kept], self.next_position[kept]
+        if not forward:
+            self.logits = None
+            return
         tokens = torch.tensor([row.tokens[-1] for row in self.active], device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.active), 1))], dim=1)
         self.logits = self.backend._forward(tokens[:, None], self.mask, self.next_position, self.cache)

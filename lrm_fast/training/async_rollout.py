@@ -47,8 +47,8 @@ Partial rollouts (rollout.partial_steps, lrm_fast/rollout/partial.py): a worker 
 responses, and each request lands with its weights every partial_steps decode steps; a batch's long responses
 go on with the next batch's weights, beside its first tokens, rather than keeping the worker at a small batch
 until they end. Its tokens are at most as old as the schedule above allows (later weights only make them
-fresher), each with its own weights' log-prob for the correction; before waiting for every batch in flight
-(a checkpoint, a rollback) rank 0 sends a drain, which decodes the pools to their end.
+fresher), each with its own weights' log-prob for the correction. A checkpoint saves the workers' pools
+(and a resume restores them), so it changes nothing that is sampled; a rollback drops them.
 
 A worker that dies stops the run: rank 0 names it ("rollout worker 1 (pid N): the rollout process
 exited") within POLL_S of waiting on it, or at the next broadcast that fails; torchrun ends the other ranks,
@@ -111,6 +111,7 @@ class AsyncRollouts:
         """`ref_model`: the frozen reference, copied once into each worker when the reward has a KL term
         (reward.kl_coef)."""
         self.lag, self.partial = lag_of(cfg), cfg.rollout.partial_steps is not None
+        self._replies: dict[int, object] = {}  # each worker's reply to the last operation on its pool
         self.dist = dist or DistInfo(0, 1, torch.device("cpu"))
         self.bucket_bytes = cfg.rollout.sync_bucket_mb << 20
         # The workers build their models from the config (the policy's weights come with the first request):
@@ -212,8 +213,9 @@ class AsyncRollouts:
         tick = time.perf_counter()
         state = model.state_dict()
         specs = [TensorSpec(name, tuple(value.shape), value.dtype) for name, value in state.items()]
-        self._control(("weights", buckets(specs, self.bucket_bytes)))
-        for bucket in buckets(specs, self.bucket_bytes):
+        planned = buckets(specs, self.bucket_bytes)
+        self._control(("weights", planned))
+        for bucket in planned:
             tensors = [_full(state[s.name]) for s in bucket]
             if self.group is not None:
                 self._guarded(lambda t=tensors, b=bucket: self.group.broadcast_bucket(t, b))
@@ -247,22 +249,25 @@ class AsyncRollouts:
 
     def settle(self) -> list[Result]:
         """Wait for every outstanding batch (every rank waits for rank 0); the results not yet trained, by
-        index (for a checkpoint; rank 0 holds them all). Under partial rollouts the workers first decode
-        their pools to the end (a drain), since no request follows to land."""
+        index (for a checkpoint; rank 0 holds them all). Partial rollouts: the batches in the workers' pools
+        stay there (see state_dict)."""
         if self.partial:
-            self._control(("drain", None))
-        while self.outstanding:
-            self._receive(block=True)
+            self._ask_workers("snapshot")  # whatever the workers sent before it has arrived
+        else:
+            while self.outstanding:
+                self._receive(block=True)
         if self._trainers is not None:
             torch.distributed.barrier(group=self._trainers)
         return [self.ready[i] for i in sorted(self.ready)]
 
     def state_dict(self) -> dict:
-        """The batches requested and not yet trained, with their results (rank 0's; waits for them)."""
+        """The batches requested and not yet trained, with their results (rank 0's; waits for them), and under
+        partial rollouts each worker's pool, which holds the rest."""
         return {
             "results": self.settle(),
             "requests": [self.sent[i] for i in sorted(self.sent)],
             "trainer_ranks": self.dist.world_size,  # each result holds one share per rank
+            "pools": self._replies if self.partial and self.dist.is_main else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -276,11 +281,38 @@ class AsyncRollouts:
         self.ready = {r.index: _current(r) for r in state["results"]}
         self.sent = {r.index: r for r in state["requests"]}
         self.requested = max(self.sent, default=0)
+        self._restore_pools(state.get("pools"))
+
+    def _restore_pools(self, pools: dict | None) -> None:
+        """The partial-rollout pools of a checkpoint back into the workers that held them (rank 0)."""
+        if not self.dist.is_main or not any(pool["landed"] for pool in (pools or {}).values()):
+            return  # no batch in any pool (or none saved): the workers start empty
+        if not self.partial or len(pools) != len(self.workers):
+            raise ValueError(
+                f"the checkpoint holds batches in the partial-rollout pools of {len(pools)} rollout "
+                "worker(s): resume it with rollout.partial_steps set and "
+                f"trainer.rollout_workers={len(pools)}"
+            )
+        self.outstanding = deque(self.sent[i] for i in sorted(self.sent) if i not in self.ready)
+        self._ask_workers("restore", pools)
+
+    def _ask_workers(self, operation: str, payload=None) -> None:
+        """An operation on every worker's partial-rollout pool; their replies (by worker) in self._replies."""
+        if self.group is None:
+            return
+        self._replies = {}
+        self._control((operation, payload))
+        while len(self._replies) < len(self.workers):
+            self._receive(block=True)
 
     def resubmit(self, model: torch.nn.Module, version: int, steps: int) -> None:
         """After a rollback: drop every batch in flight and request it again with the restored weights
         (`version`, `steps` optimizer steps behind them)."""
-        self.settle()
+        if self.partial:
+            self._ask_workers("drop")  # the pools emptied, and every result sent before has arrived
+            self.outstanding.clear()
+        else:
+            self.settle()
         self.ready.clear()
         self._version_pushed = None
         for request in sorted(self.sent.values(), key=lambda r: r.index):
@@ -331,6 +363,9 @@ class AsyncRollouts:
             raise RuntimeError(f"rank 0 stopped receiving from the rollout workers:\n{payload}")
         if kind == "started":
             self._started[payload[0]] = payload[1]
+            return True
+        if kind in ("pool", "restored", "dropped"):  # the reply to an operation on the pools
+            self._replies[source] = payload
             return True
         self._started.pop(payload.index, None)
         self.outstanding = deque(r for r in self.outstanding if r.index != payload.index)

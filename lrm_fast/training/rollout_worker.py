@@ -34,9 +34,6 @@ from lrm_fast.levers.scoring import ScoredStep
 from lrm_fast.rollout import NonFiniteError, SamplingParams
 from lrm_fast.runtime.worker_group import Address, WorkerGroup
 
-# The message that ends a partial-rollout pool without another landing (lrm_fast/training/partial_pool.py).
-DRAIN = "drain"
-
 
 @dataclass
 class Request:
@@ -59,6 +56,9 @@ class Result:
     # Partial rollouts: the response tokens of every share by the optimizer steps behind the weights that
     # sampled them (each token's staleness); None: all sampled with the request's.
     token_steps: dict[int, int] | None = None
+    # Partial rollouts: the newest weights that sampled any of its tokens, or whose logits were non-finite
+    # (selections None); None: the request's (`version`).
+    newest: int | None = None
 
     @property
     def selection(self) -> Selection | None:
@@ -133,18 +133,28 @@ def serve(address: Address, rank: int, size: int, spec: WorkerSpec, alive) -> No
         while (message := inbox.get()) is not None:
             if isinstance(message, BaseException):
                 raise message
-            if message == DRAIN:  # partial rollouts: the pool decoded to its end, before a checkpoint
-                results = pool.decode(None) if pool is not None else []
-            else:
-                request, weights = message
-                sampler.load(weights)
-                group.send_object(("started", (request.index, time.monotonic())))
-                results = _whole(sampler, request, rank) if pool is None else pool.land(request)
-            for result in results:
+            if isinstance(message[0], str):  # partial rollouts: an operation on the pool
+                group.send_object(_pool_operation(pool, *message))
+                continue
+            request, weights = message
+            sampler.load(weights)
+            group.send_object(("started", (request.index, time.monotonic())))
+            for result in _whole(sampler, request, rank) if pool is None else pool.land(request):
                 group.send_object(("result", result))
         group.send_object(("bye", None))
     except Exception:
         group.send_object(("error", traceback.format_exc()))
+
+
+def _pool_operation(pool, operation: str, payload=None) -> tuple:
+    """A checkpoint's snapshot of the pool, a resume's restore, a rollback's drop; the reply to rank 0."""
+    if operation == "snapshot":
+        return ("pool", pool.state_dict())
+    if operation == "restore":
+        pool.load_state_dict(payload)
+        return ("restored", None)
+    pool.reset()  # "drop": the batches in flight are requested again with the restored weights
+    return ("dropped", None)
 
 
 def _whole(sampler: "Sampler", request: Request, rank: int) -> list[Result]:
@@ -156,7 +166,8 @@ def _whole(sampler: "Sampler", request: Request, rank: int) -> list[Result]:
 
 def _receive(group: WorkerGroup, inbox: queue.Queue) -> None:
     """The control group's messages, in rank 0's order: weights (kept as the newest), requests (this worker's
-    are queued with the newest weights), drains (every worker's), the stop (None)."""
+    are queued with the newest weights), operations on a partial-rollout pool (a resume's restore carries
+    every worker's pool), the stop (None)."""
     weights = None
     try:
         while (message := group.broadcast_object()) is not None:
@@ -166,8 +177,10 @@ def _receive(group: WorkerGroup, inbox: queue.Queue) -> None:
                 for bucket in payload:
                     received = group.broadcast_bucket(None, bucket)
                     weights.update((s.name, t) for s, t in zip(bucket, received, strict=True))
-            elif kind == "drain":
-                inbox.put(DRAIN)
+            elif kind in ("snapshot", "drop"):
+                inbox.put((kind,))
+            elif kind == "restore":
+                inbox.put((kind, payload[group.rank]))
             elif payload[1] == group.rank:  # ("request", (request, worker))
                 inbox.put((payload[0], weights))
         inbox.put(None)

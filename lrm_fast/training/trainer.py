@@ -329,7 +329,8 @@ class GRPOTrainer:
         self._timings["time/rollout_s"] = time.perf_counter() - tick  # waiting for it
         self._async |= staleness
         self._async["async/sampling_s"] = result.end - result.start
-        return result.selection, result.version
+        # Partial rollouts: newer weights sampled some of its tokens (or met the non-finite logits).
+        return result.selection, result.version if result.newest is None else result.newest
 
     def _put_back_unused(self, request: Request, selection: Selection | None) -> None:
         """The rounds of prompts a request reserved and its batch did not sample go back to the sampler."""

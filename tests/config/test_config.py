@@ -259,12 +259,12 @@ def test_a_bad_choice_is_refused_at_composition_with_the_valid_values(override, 
         # max_new_tokens 64, lag 1, one worker: two landings, so at least 32.
         (
             ["rollout.partial_steps=31", "trainer.max_staleness=1"],
-            r"rollout.partial_steps must be at least rollout.max_new_tokens / 2 \(64 / 2\).*lag 1, 1 worker",
+            r"rollout.partial_steps must be at least ceil\(rollout.max_new_tokens / 2\) = 32.*lag 1, 1",
         ),
         # Two workers at lag 1: a worker's next request comes only after its batch is trained.
         (
             ["rollout.partial_steps=63", "trainer.max_staleness=1", "trainer.rollout_workers=2"],
-            r"at least rollout.max_new_tokens / 1 \(64 / 1\)",
+            r"at least ceil\(rollout.max_new_tokens / 1\) = 64",
         ),
     ],
     ids=["zero", "synchronous", "vllm", "dynamic", "too_few_steps", "two_workers"],
@@ -279,7 +279,11 @@ def test_partial_rollouts_are_refused_where_they_cannot_land(overrides, message)
     [
         ["rollout.partial_steps=32", "trainer.max_staleness=1"],
         ["rollout.partial_steps=64", "trainer.max_staleness=1", "trainer.rollout_workers=2"],
-        ["rollout.partial_steps=16", "trainer.max_staleness=6", "trainer.mini_batches=2"],  # lag 3: 4 landings
+        [
+            "rollout.partial_steps=16",
+            "trainer.max_staleness=6",
+            "trainer.mini_batches=2",
+        ],  # lag 3: 4 landings
     ],
 )
 def test_partial_rollouts_are_accepted_where_every_batch_ends_in_time(overrides):

@@ -51,7 +51,7 @@ CASES = [
 def test_partial_rollouts_meet_the_trainers_features(case, cold_start_cache, tmp_path):
     """Landings every ceil(32 / (lag + 1)) decode steps: a batch's late tokens come from the next batch's
     weights. Every step within the bound, counted apart from the trainer's bookkeeping; the checkpoint of
-    step 2 drains the pools, as the uninterrupted run's did, so the resumed run logs the same."""
+    step 2 holds the pools, so the resumed run logs the same."""
     lag = case["lag"]
     settings = overrides(case) | {
         "rollout.partial_steps": -(-32 // (lag + 1)),
@@ -74,3 +74,15 @@ def test_partial_rollouts_meet_the_trainers_features(case, cold_start_cache, tmp
     assert all(row["async/token_staleness"] < row["async/staleness"] for row in spanning)
     continued = resumed(tmp_path / "run", 2, tmp_path / "continued", cfg)
     assert_same_rows(continued.rows, run.rows)  # its metrics file holds steps 1-2 from the copy
+
+
+def test_checkpoints_change_nothing_that_is_sampled(cold_start_cache, tmp_path):
+    """A checkpoint at every step saves the pools between landings: the run is the one that saves none until
+    its end."""
+    settings = {"trainer.max_staleness": 1, "trainer.steps": 4, "rollout.partial_steps": 16}
+    every = train(quick_config(cold_start_cache, settings), tmp_path / "every")
+    last = train(
+        quick_config(cold_start_cache, {**settings, "trainer.checkpoint_every": 4}), tmp_path / "last"
+    )
+    assert any(row["async/fresher_tokens"] > 0 for row in _steps(every.rows))
+    assert_same_rows(every.rows, last.rows)
