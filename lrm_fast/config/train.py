@@ -419,6 +419,11 @@ class TrainerConfig:
     # Rollout workers that trainer rank 0 starts with max_staleness > 0; batch n goes to worker n mod W, every
     # worker gets every weight push (lrm_fast/training/rollout_worker.py).
     rollout_workers: int = 1
+    # Rollout workers started apart, on any host, by `lrm-fast-rollout-worker --address HOST:rollout_port`:
+    # rank 0 waits for them at its start (up to 5 minutes). They need rollout_port (rank 0's store listens on
+    # it, on every interface); 0 with none of them: any free port.
+    remote_rollout_workers: int = 0
+    rollout_port: int = 0
     progress_bar: bool = True
     # Where the metrics go besides metrics.jsonl, which is always written: any of tensorboard, wandb,
     # mlflow (the last two are extras: pip install -e ".[wandb]", ".[mlflow]"). Each gets the step metrics,

@@ -259,7 +259,20 @@ def _validate_trainer(cfg: TrainConfig) -> None:
     _at_least("trainer.epochs", trainer.epochs, 1)
     _at_least("trainer.update_threads", trainer.update_threads, 0)
     _at_least("trainer.max_staleness", trainer.max_staleness, 0)
-    _at_least("trainer.rollout_workers", trainer.rollout_workers, 1)
+    _at_least("trainer.rollout_workers", trainer.rollout_workers, 0)
+    _at_least("trainer.remote_rollout_workers", trainer.remote_rollout_workers, 0)
+    _check(0 <= trainer.rollout_port < 65536, "trainer.rollout_port", "a TCP port (0: any free one)",
+           trainer.rollout_port)  # fmt: skip
+    if trainer.max_staleness and trainer.rollout_workers + trainer.remote_rollout_workers == 0:
+        raise ValueError(
+            "trainer.max_staleness > 0 needs a rollout worker: trainer.rollout_workers or "
+            "trainer.remote_rollout_workers >= 1"
+        )
+    if trainer.remote_rollout_workers and not trainer.rollout_port:
+        raise ValueError(
+            "trainer.remote_rollout_workers needs trainer.rollout_port: the port their "
+            "`lrm-fast-rollout-worker --address HOST:PORT` joins"
+        )
     if trainer.max_staleness:
         # A rollout batch's update is mini_batches x epochs optimizer steps: the lag is counted in whole
         # batches.
@@ -303,13 +316,14 @@ def _validate_partial(cfg: TrainConfig) -> None:
     # A worker's next landing is a request the trainer makes lag steps ahead: the workers' pools must end a
     # batch before they need a request that the trainer makes only after training it.
     lag = trainer.max_staleness // (trainer.mini_batches * trainer.epochs)
-    landings = lag // trainer.rollout_workers + 1
+    workers = trainer.rollout_workers + trainer.remote_rollout_workers
+    landings = lag // workers + 1
     enough = steps * landings >= cfg.rollout.max_new_tokens
     least = -(-cfg.rollout.max_new_tokens // landings)
     requirement = (
         f"at least ceil(rollout.max_new_tokens / {landings}) = {least}: a batch must end within the "
         f"{landings} landing(s) its worker has before the trainer needs it (lag {lag}, "
-        f"{trainer.rollout_workers} worker(s))"
+        f"{workers} worker(s))"
     )
     _check(enough, "rollout.partial_steps", requirement, steps)
 

@@ -16,14 +16,21 @@ The two choices:
   version computes for its prefix, so its recorded log-prob is that version's, which the correction needs;
   a cache kept from the old weights would mix two policies in one distribution that no model computes. The
   prefill is needed anyway for the joining rows, so the pool takes one forward per landing.
-- **No response outlives the staleness bound, so nothing is dropped or cut.** A batch lands with the weights
+- **No response outlives the staleness bound, so nothing is dropped or cut** (non-finite logits aside: they
+  end the whole pool, lrm_fast/training/partial_pool.py). A batch lands with the weights
   the fixed schedule gives it (lrm_fast/training/async_rollout.py); later landings only make its tokens
   fresher. What must hold instead is that a batch ends before its worker needs a request the trainer makes
   only after training that batch: validation asks `steps x (lag // workers + 1) >= max_new_tokens`.
 
 Each chunk (one trainer rank's share of a request) draws from a generator of its own, seeded as the
 synchronous loop seeds that share, so a chunk that never shares the pool samples exactly what
-`HFRolloutBackend.generate` samples. The pool decodes as one batch (`generation_batch_size` does not cut it).
+`HFRolloutBackend.generate` samples (up to its `max_batch_size` rows: that loop draws bigger shares a slice
+at a time). The pool decodes as one batch, cut by nothing: every unfinished row of up to lag // workers + 1
+requests, left-padded to the longest prefix. Its activations grow with it, which suits the CPU path this is
+built for; a GPU run samples with vLLM, where partial rollouts are not wired in.
+
+Between two landings the pool's whole state is its rows and generators (`state_dict`): a checkpoint saves
+it, and the next landing recomputes the cache from it.
 """
 
 from __future__ import annotations

@@ -64,6 +64,19 @@ class WorkerGroup:
         )
         return cls(store, rank, size)
 
+    @classmethod
+    def join_next(cls, address: Address) -> "WorkerGroup":
+        """Join as the next of the members that rank 0 waits for beyond those it started itself (a worker
+        started apart): the group's size and the first such rank are in rank 0's store (host_store)."""
+        store = dist.TCPStore(address.host, address.port, is_master=False, timeout=JOIN_TIMEOUT)
+        size, first = int(store.get("size")), int(store.get("first_remote"))
+        rank = first + store.add("remote_joined", 1) - 1
+        if rank >= size:
+            raise RuntimeError(
+                f"rank 0 at {address.host}:{address.port} waits for no more workers ({size - first})"
+            )
+        return cls(store, rank, size)
+
     # ------------------------------------------------------------------ control: rank 0 to every worker
     def broadcast_object(self, value=None):
         """Rank 0's picklable `value` on every member."""
@@ -114,11 +127,16 @@ class WorkerGroup:
         return source, pickle.loads(payload.numpy().tobytes())
 
 
-def host_store(workers: int, host: str = "127.0.0.1") -> tuple[dist.TCPStore, Address]:
-    """Rank 0's store for `workers` workers, on a free port of `host` (rank 0 then makes its WorkerGroup,
-    which waits until every worker has joined)."""
-    store = dist.TCPStore(host, 0, world_size=workers + 1, is_master=True, wait_for_workers=False)
-    return store, Address(host, store.port)
+def host_store(workers: int, remote: int = 0, port: int = 0) -> tuple[dist.TCPStore, Address]:
+    """Rank 0's store for `workers` workers it starts and `remote` ones started apart (ranks after its own),
+    on `port` (0: a free one), and the local address of it; rank 0 then makes its WorkerGroup, which waits
+    until every worker has joined. With remote workers it listens on every interface."""
+    host = "0.0.0.0" if remote else "127.0.0.1"
+    size = workers + remote + 1
+    store = dist.TCPStore(host, port, world_size=size, is_master=True, wait_for_workers=False)
+    store.set("size", str(size))
+    store.set("first_remote", str(workers + 1))
+    return store, Address("127.0.0.1", store.port)
 
 
 def _offsets(specs: list[TensorSpec], align: int = 64) -> list[int]:

@@ -50,15 +50,21 @@ until they end. Its tokens are at most as old as the schedule above allows (late
 fresher), each with its own weights' log-prob for the correction. A checkpoint saves the workers' pools
 (and a resume restores them), so it changes nothing that is sampled; a rollback drops them.
 
+Workers may also be started apart, on other hosts (trainer.remote_rollout_workers, lrm-fast-rollout-worker
+--address HOST:trainer.rollout_port): they join the same groups and receive the same spec.
+
 A worker that dies stops the run: rank 0 names it ("rollout worker 1 (pid N): the rollout process
-exited") within POLL_S of waiting on it, or at the next broadcast that fails; torchrun ends the other ranks,
-and the workers end with rank 0's process. The last checkpoint resumes exactly. Placement on GPUs, and why
-workers join by address rather than as ranks of torchrun's world: docs/SCALE.md.
+exited") within POLL_S of waiting on it, or at the next broadcast that fails (a worker started apart: by its
+closed connection); torchrun ends the other ranks, and the workers end with rank 0's process. The last
+checkpoint resumes exactly. Placement on GPUs, and why workers join by address rather than as ranks of
+torchrun's world: docs/SCALE.md.
 """
 
 import contextlib
 import dataclasses
+import logging
 import queue
+import socket
 import threading
 import time
 import traceback
@@ -68,7 +74,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 
-from lrm_fast.config import TrainConfig
+from lrm_fast.config import TrainConfig, TrainerConfig
 from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.runtime import DistInfo
 from lrm_fast.runtime.worker_group import TIMEOUT, TensorSpec, WorkerGroup, buckets, host_store
@@ -125,11 +131,12 @@ class AsyncRollouts:
         if self.dist.world_size > 1:
             self._trainers = torch.distributed.new_group(backend="gloo", timeout=TIMEOUT)
         self.workers, self.group, self._broken = [], None, False
+        self.worker_count = 0  # rank 0's: those it started and those started apart
         if self.dist.is_main:
             spec = WorkerSpec(
                 (model.config, model.generation_config), reference, tokenizer, cfg, bank, self.dist.world_size
             )
-            self._start_workers(cfg.trainer.rollout_workers, spec)
+            self._start_workers(cfg.trainer, spec)
         self.requested = 0  # batches requested so far (the highest index)
         self.outstanding: deque[Request] = deque()  # requested, result not yet received (rank 0)
         self.ready: dict[int, Result] = {}
@@ -143,9 +150,17 @@ class AsyncRollouts:
     def pids(self) -> list[int]:
         return [p.pid for p in self.workers]
 
-    def _start_workers(self, count: int, spec: WorkerSpec) -> None:
+    def _start_workers(self, trainer: TrainerConfig, spec: WorkerSpec) -> None:
+        """Start trainer.rollout_workers processes, wait for them and the remote ones, send them the spec."""
         context = _process_context()
-        store, address = host_store(count)
+        count, remote = trainer.rollout_workers, trainer.remote_rollout_workers
+        self.worker_count = count + remote
+        store, address = host_store(count, remote, trainer.rollout_port)
+        if remote:
+            logging.getLogger(__name__).info(
+                "[async] rank 0 waits for %d rollout worker(s): lrm-fast-rollout-worker --address %s:%d",
+                remote, socket.getfqdn(), store.port,
+            )  # fmt: skip
         # A worker ends when the reading end says the trainer is gone (_exit_with_trainer): only this process
         # holds the writing end, which the kernel closes however it ends.
         self._alive = []
@@ -153,7 +168,7 @@ class AsyncRollouts:
             alive, keep = context.Pipe(duplex=False)
             process = context.Process(
                 target=serve,
-                args=(address, rank, count + 1, spec, alive),
+                args=(address, rank, self.worker_count + 1, alive),
                 daemon=True,
                 name=f"lrm-fast-rollout-{rank}",
             )
@@ -161,7 +176,8 @@ class AsyncRollouts:
             alive.close()
             self.workers.append(process)
             self._alive.append(keep)
-        self.group = self._join(store, count + 1)
+        self.group = self._join(store, self.worker_count + 1)
+        self._guarded(lambda: self.group.broadcast_object(spec))
         self._results: queue.Queue = queue.Queue()
         threading.Thread(target=self._listen, name="rollout-results", daemon=True).start()
 
@@ -201,7 +217,7 @@ class AsyncRollouts:
             self._push(model)
             self._version_pushed = request.version
         if self.group is not None:
-            worker = 1 + request.index % len(self.workers)
+            worker = 1 + request.index % self.worker_count
             self._control(("request", (request, worker)))
             self.outstanding.append(request)
         self.sent[request.index] = request
@@ -287,7 +303,7 @@ class AsyncRollouts:
         """The partial-rollout pools of a checkpoint back into the workers that held them (rank 0)."""
         if not self.dist.is_main or not any(pool["landed"] for pool in (pools or {}).values()):
             return  # no batch in any pool (or none saved): the workers start empty
-        if not self.partial or len(pools) != len(self.workers):
+        if not self.partial or len(pools) != self.worker_count:
             raise ValueError(
                 f"the checkpoint holds batches in the partial-rollout pools of {len(pools)} rollout "
                 "worker(s): resume it with rollout.partial_steps set and "
@@ -302,7 +318,7 @@ class AsyncRollouts:
             return
         self._replies = {}
         self._control((operation, payload))
-        while len(self._replies) < len(self.workers):
+        while len(self._replies) < self.worker_count:
             self._receive(block=True)
 
     def resubmit(self, model: torch.nn.Module, version: int, steps: int) -> None:
@@ -333,7 +349,7 @@ class AsyncRollouts:
 
     def _listen(self) -> None:
         """Rank 0's thread that receives the workers' messages until each has said goodbye."""
-        remaining = len(self.workers)
+        remaining = self.worker_count
         while remaining:
             try:
                 source, message = self.group.recv_object()
@@ -356,7 +372,7 @@ class AsyncRollouts:
                 if not block:
                     return False
         if kind == "error":
-            raise RuntimeError(f"rollout worker {source} ({self.workers[source - 1].pid}) failed:\n{payload}")
+            raise RuntimeError(f"rollout worker {source} ({self._where(source)}) failed:\n{payload}")
         if kind == "lost":
             time.sleep(POLL_S)  # a worker that died closed the connection: let its exit code be known
             self._check_workers()
@@ -372,6 +388,10 @@ class AsyncRollouts:
         self.ready[payload.index] = payload
         return True
 
+    def _where(self, source: int) -> str:
+        """A worker's process id, or that it was started apart."""
+        return f"pid {self.workers[source - 1].pid}" if source <= len(self.workers) else "started apart"
+
     def _check_workers(self, when: str = "with batches in flight") -> None:
         for rank, process in enumerate(self.workers, start=1):
             if not process.is_alive():
@@ -381,13 +401,14 @@ class AsyncRollouts:
                 )
 
     def _guarded(self, call):
-        """A collective with the workers; a dead worker's broken connection is reported by its name."""
+        """A collective with the workers; a dead worker's broken connection is reported by its name (one
+        started apart has no process here to name)."""
         try:
             return call()
-        except Exception:
+        except Exception as error:
             self._broken = True  # the workers may be inside a broadcast: no goodbye on close
             self._check_workers()
-            raise
+            raise RuntimeError("rank 0 lost the connection to the rollout workers in a broadcast") from error
 
 
 def staleness_metrics(result: Result, optimizer_steps: int, cfg: TrainConfig) -> dict[str, float]:

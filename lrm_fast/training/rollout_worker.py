@@ -11,7 +11,9 @@ loop's ranks do, and sends the shares back to rank 0, which hands each rank its 
 The worker samples with its own copy of the policy (rollout=hf) or with a vLLM engine of its own that gets
 every new copy pushed in (rollout=vllm), and scores (grading, OSI, rewards, RLR, the KL in the reward
 against its own copy of the frozen reference, and dynamic sampling's refill rounds, all with the batch's
-weights).
+weights). Under partial rollouts (rollout.partial_steps) it keeps a pool of unfinished responses across
+requests instead (lrm_fast/training/partial_pool.py), and scores a batch with the weights the pool holds when
+it ends.
 """
 
 import contextlib
@@ -114,12 +116,17 @@ class WorkerSpec:
     trainer_ranks: int
 
 
-def serve(address: Address, rank: int, size: int, spec: WorkerSpec, alive) -> None:
-    """The worker's process: join the group, then sample and score each request assigned to it."""
-    _exit_with_trainer(alive)
+def serve(address: Address, rank: int | None = None, size: int | None = None, alive=None) -> bool:
+    """The worker's process: join the group (as `rank` of `size`; None: as the next worker started apart,
+    lrm-fast-rollout-worker), take the spec from rank 0, then sample and score each request assigned to it.
+    False if it failed (rank 0 has been told why)."""
+    if alive is not None:
+        _exit_with_trainer(alive)
     _leave_trainer_world()
-    group = WorkerGroup.join(address, rank, size)  # first: rank 0 waits for every worker here
-    cfg = spec.cfg
+    # First: rank 0 waits for every worker here.
+    group = WorkerGroup.join(address, rank, size) if rank is not None else WorkerGroup.join_next(address)
+    spec: WorkerSpec = group.broadcast_object()
+    cfg, rank = spec.cfg, group.rank
     torch.set_flush_denormal(True)  # as configure_runtime: subnormals slow CPU steps about 10x
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -142,8 +149,10 @@ def serve(address: Address, rank: int, size: int, spec: WorkerSpec, alive) -> No
             for result in _whole(sampler, request, rank) if pool is None else pool.land(request):
                 group.send_object(("result", result))
         group.send_object(("bye", None))
+        return True
     except Exception:
         group.send_object(("error", traceback.format_exc()))
+        return False
 
 
 def _pool_operation(pool, operation: str, payload=None) -> tuple:

@@ -353,8 +353,9 @@ def response_log_ratios(model, ref_model, samples, loss_cfg: LossConfig, tempera
     its coefficient, from each response's reward (ray_trainer.py apply_kl_penalty, kl_penalty="kl").
 
     pi is `model` as it is (the weights that sampled: verl's old_log_prob, recomputed for injected
-    responses too), in micro-batches under loss.micro_batch_tokens, packed or padded and with the fused
-    head as the loss is; under FSDP every rank runs as many forwards as the rank with the most."""
+    responses too; under partial rollouts the newest that sampled the batch), in micro-batches under
+    loss.micro_batch_tokens, packed or padded and with the fused head as the loss is; under FSDP every
+    rank runs as many forwards as the rank with the most."""
     cut = micro_batches(samples, loss_cfg.micro_batch_tokens, loss_cfg.packing)
     device = _device_of(model)
     sums = {}

@@ -27,12 +27,48 @@ TEMPERATURE = 0.8
 BUCKET = 64 << 10
 
 
-def _gap(model, samples) -> float:
-    """max |log p_trainer - log p_sampler| over the samples' tokens (an FSDP2 forward: every rank)."""
+def _gaps(model, samples) -> torch.Tensor:
+    """|log p_trainer - log p_sampler| of each of the samples' tokens (an FSDP2 forward: every rank)."""
     batch = M.collate(samples, False)
     with torch.no_grad():
         logprobs = token_logprobs(response_logits(model, batch), batch.targets, temperature=TEMPERATURE)
-    return (logprobs - M.sampler_logprobs(samples)).abs().max().item()
+    return (logprobs - M.sampler_logprobs(samples)).abs()
+
+
+def _gap(model, samples) -> float:
+    return _gaps(model, samples).max().item()
+
+
+def _move(model, rank: int) -> None:
+    """A new policy: each rank moves its own shard."""
+    generator = torch.Generator().manual_seed(rank)
+    with torch.no_grad():
+        for p in model.parameters():
+            local = p.to_local() if isinstance(p, DTensor) else p
+            local.add_(0.1 * torch.randn(local.shape, generator=generator))
+
+
+def _partial(cfg, model, tokenizer, examples, rank: int) -> dict:
+    """Partial rollouts with two ranks: batch 3 lands with the current weights, then batch 4 with moved ones
+    after 6 of its 12 decode steps; each rank's share of batch 3 carries both."""
+    cfg.rollout.partial_steps = 6
+    pipeline = AsyncRollouts(cfg, model, tokenizer, None, dist=DistInfo(rank, 2, torch.device("cpu")))
+    try:
+        pipeline.request(Request(3, 1, [examples], seed=3, steps=1), model)
+        _move(model, rank)
+        pipeline.request(Request(4, 2, [examples], seed=4, steps=2), model)
+        result = pipeline.take(3)[0]
+    finally:
+        pipeline.close()
+    samples = result.selection.samples
+    late = torch.tensor([i >= 6 for s in samples for i in range(len(s.response_ids))])
+    gaps = _gaps(model, samples)
+    return {
+        "token_steps": {str(k): v for k, v in result.token_steps.items()},
+        "late_gap": gaps[late].max().item(),
+        "early_gap": gaps[~late].max().item(),
+        "prompts": sorted({tuple(s.prompt_ids) for s in samples}),
+    }
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -53,11 +89,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         pipeline.request(Request(1, 0, [examples], seed=1), model)
         before = pipeline.take(1)[0].selection.samples
         in_sync = _gap(model, before)
-        generator = torch.Generator().manual_seed(rank)  # each rank moves its own shard
-        with torch.no_grad():
-            for p in model.parameters():
-                local = p.to_local() if isinstance(p, DTensor) else p
-                local.add_(0.1 * torch.randn(local.shape, generator=generator))
+        _move(model, rank)
         stale = _gap(model, before)  # the same batch, now that the trainer has moved on
         pipeline.request(Request(2, 1, [examples], seed=1), model)
         after = pipeline.take(2)[0].selection.samples
@@ -77,6 +109,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     finally:
         pipeline.close()
     report["workers_alive_after_close"] = [p.is_alive() for p in pipeline.workers]
+    report["partial"] = _partial(cfg, model, tokenizer, examples, rank)
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(report, f)
     torch.distributed.destroy_process_group()
@@ -104,3 +137,8 @@ def test_two_trainer_ranks_get_their_shares_from_one_worker_with_the_gathered_we
     assert reports[0]["workers_alive"] == [True] and reports[0]["workers_alive_after_close"] == [False]
     assert reports[1]["workers_alive"] == []  # only rank 0 starts workers
     assert set(map(tuple, reports[0]["prompts"])).isdisjoint(map(tuple, reports[1]["prompts"]))
+    for report in reports:  # partial rollouts: each rank's share spans the landing of new weights
+        partial = report["partial"]
+        assert partial["token_steps"].keys() == {"1", "2"}
+        assert partial["late_gap"] < 1e-5 < 1e-3 < partial["early_gap"]
+        assert list(map(tuple, partial["prompts"])) == list(map(tuple, report["expected"]))
