@@ -33,10 +33,9 @@ ARMS = {
     "async": ["trainer.max_staleness=1"],  # one core to each side (on 2 cores)
     "async_update_threads_2": ["trainer.max_staleness=1", "trainer.update_threads=2"],  # cores shared
     "async_lag2": ["trainer.max_staleness=2"],  # two batches sampled ahead
-    # Partial rollouts on the long task (+experiment=long_192): at lag 1 a batch lands every 96 decode steps
-    # of 192; at lag 2 every 64, so that a batch's tail decodes during the update before its own.
-    "async_partial": ["trainer.max_staleness=1", "rollout.partial_steps=96"],
-    "async_partial_lag2": ["trainer.max_staleness=2", "rollout.partial_steps=64"],
+    # Partial rollouts on the long task (+experiment=long_192): a batch lands every 96 decode steps of 192, so
+    # that a batch ends within its own landing and the next, made while the batch before it is trained.
+    "async_partial_lag2": ["trainer.max_staleness=2", "rollout.partial_steps=96"],
 }
 
 

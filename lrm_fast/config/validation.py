@@ -313,17 +313,19 @@ def _validate_partial(cfg: TrainConfig) -> None:
             "rollout.partial_steps needs sampling=static: dynamic sampling's refill rounds depend on the "
             "first round's scores, which a pool that lands requests at fixed decode steps cannot wait for"
         )
-    # A worker's next landing is a request the trainer makes lag steps ahead: the workers' pools must end a
-    # batch before they need a request that the trainer makes only after training it.
+    # Batch n's worker lands its next request (n + W) after partial_steps decode steps, and the trainer makes
+    # that request at step n + W - lag. For batch n to end while batch n - 1 is trained (never making the
+    # trainer wait for a landing of its own step, or deadlocking on one of the next), it must end within the
+    # landings of requests made before step n: its own and (lag - 1) // W more.
     lag = trainer.max_staleness // (trainer.mini_batches * trainer.epochs)
     workers = trainer.rollout_workers + trainer.remote_rollout_workers
-    landings = lag // workers + 1
+    landings = (lag - 1) // workers + 1
     enough = steps * landings >= cfg.rollout.max_new_tokens
     least = -(-cfg.rollout.max_new_tokens // landings)
     requirement = (
         f"at least ceil(rollout.max_new_tokens / {landings}) = {least}: a batch must end within the "
-        f"{landings} landing(s) its worker has before the trainer needs it (lag {lag}, "
-        f"{workers} worker(s))"
+        f"{landings} landing(s) its worker has before the step that trains it (lag {lag}, {workers} "
+        "worker(s); a longer lag allows more)"
     )
     _check(enough, "rollout.partial_steps", requirement, steps)
 

@@ -19,13 +19,14 @@ The two choices:
 - **No response outlives the staleness bound, so nothing is dropped or cut** (non-finite logits aside: they
   end the whole pool, lrm_fast/training/partial_pool.py). A batch lands with the weights
   the fixed schedule gives it (lrm_fast/training/async_rollout.py); later landings only make its tokens
-  fresher. What must hold instead is that a batch ends before its worker needs a request the trainer makes
-  only after training that batch: validation asks `steps x (lag // workers + 1) >= max_new_tokens`.
+  fresher. What must hold instead is that a batch ends within the landings of requests the trainer makes
+  before the step that trains it (else the trainer would wait for a landing it has yet to request):
+  validation asks `steps x ((lag - 1) // workers + 1) >= max_new_tokens`, so spanning takes lag >= 2.
 
 Each chunk (one trainer rank's share of a request) draws from a generator of its own, seeded as the
 synchronous loop seeds that share, so a chunk that never shares the pool samples exactly what
 `HFRolloutBackend.generate` samples (up to its `max_batch_size` rows: that loop draws bigger shares a slice
-at a time). The pool decodes as one batch, cut by nothing: every unfinished row of up to lag // workers + 1
+at a time). The pool decodes as one batch, cut by nothing: every unfinished row of up to (lag - 1) // workers + 1
 requests, left-padded to the longest prefix. Its activations grow with it, which suits the CPU path this is
 built for; a GPU run samples with vLLM, where partial rollouts are not wired in.
 

@@ -266,18 +266,23 @@ def test_a_bad_choice_is_refused_at_composition_with_the_valid_values(override, 
             ["rollout.partial_steps=64", "trainer.max_staleness=1", "sampling=dynamic"],
             "rollout.partial_steps needs sampling=static",
         ),
-        # max_new_tokens 64, lag 1, one worker: two landings, so at least 32.
+        # max_new_tokens 64, lag 2, one worker: two landings before batch n's step, so at least 32.
         (
-            ["rollout.partial_steps=31", "trainer.max_staleness=1"],
-            r"rollout.partial_steps must be at least ceil\(rollout.max_new_tokens / 2\) = 32.*lag 1, 1",
+            ["rollout.partial_steps=31", "trainer.max_staleness=2"],
+            r"rollout.partial_steps must be at least ceil\(rollout.max_new_tokens / 2\) = 32.*lag 2, 1",
         ),
-        # Two workers at lag 1: a worker's next request comes only after its batch is trained.
+        # Lag 1: batch n's next landing is the request of step n itself, so only its own before it.
         (
-            ["rollout.partial_steps=63", "trainer.max_staleness=1", "trainer.rollout_workers=2"],
+            ["rollout.partial_steps=63", "trainer.max_staleness=1"],
+            r"at least ceil\(rollout.max_new_tokens / 1\) = 64",
+        ),
+        # Two workers at lag 2: a worker's next request is made at step n.
+        (
+            ["rollout.partial_steps=63", "trainer.max_staleness=2", "trainer.rollout_workers=2"],
             r"at least ceil\(rollout.max_new_tokens / 1\) = 64",
         ),
     ],
-    ids=["zero", "synchronous", "vllm", "dynamic", "too_few_steps", "two_workers"],
+    ids=["zero", "synchronous", "vllm", "dynamic", "too_few_steps", "lag_1", "two_workers"],
 )
 def test_partial_rollouts_are_refused_where_they_cannot_land(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -287,13 +292,14 @@ def test_partial_rollouts_are_refused_where_they_cannot_land(overrides, message)
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["rollout.partial_steps=32", "trainer.max_staleness=1"],
-        ["rollout.partial_steps=64", "trainer.max_staleness=1", "trainer.rollout_workers=2"],
+        ["rollout.partial_steps=64", "trainer.max_staleness=1"],  # every batch ends before the next lands
+        ["rollout.partial_steps=32", "trainer.max_staleness=2"],
+        ["rollout.partial_steps=32", "trainer.max_staleness=3", "trainer.rollout_workers=2"],
         [
             "rollout.partial_steps=16",
-            "trainer.max_staleness=6",
+            "trainer.max_staleness=8",
             "trainer.mini_batches=2",
-        ],  # lag 3: 4 landings
+        ],  # lag 4: 4 landings
     ],
 )
 def test_partial_rollouts_are_accepted_where_every_batch_ends_in_time(overrides):

@@ -35,26 +35,26 @@ def _case(**levels) -> dict:
     return {name: values[0] for name, values in FACTORS.items()} | levels
 
 
-# Partial rollouts need static sampling and lag >= 1 (validation refuses the rest); each case stacks several
-# features on the trainer's side, which takes the pool's batches as any other.
+# Partial rollouts need static sampling and, to span landings, lag >= 2 (validation refuses the rest); each
+# case stacks several features on the trainer's side, which takes the pool's batches as any other.
 CASES = [
-    _case(regime="negative", aggregation="seq_mean_token_sum_norm", steps_per_batch=(1, 2), lag=1,
+    _case(regime="negative", aggregation="seq_mean_token_sum_norm", steps_per_batch=(1, 2), lag=2,
           fused_head=True, packing=True),
     _case(regime="weighted", reward="kl", injection="osi", steps_per_batch=(2, 1), lag=2, estimator="rloo",
           objective="cispo", correction="token_mask"),
-    _case(regime="neg_to_pos", reward="rlr", injection="luffy", lag=1, truncated="mask",
+    _case(regime="neg_to_pos", reward="rlr", injection="luffy", lag=2, truncated="mask",
           estimator="reinforce_pp", objective="gspo", aggregation="micro_batch_token_sum"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_partial_rollouts_meet_the_trainers_features(case, cold_start_cache, tmp_path):
-    """Landings every ceil(32 / (lag + 1)) decode steps: a batch's late tokens come from the next batch's
+    """Landings every ceil(32 / lag) decode steps: a batch's late tokens come from the next batches'
     weights. Every step within the bound, counted apart from the trainer's bookkeeping; the checkpoint of
     step 2 holds the pools, so the resumed run logs the same."""
     lag = case["lag"]
     settings = overrides(case) | {
-        "rollout.partial_steps": -(-32 // (lag + 1)),
+        "rollout.partial_steps": -(-32 // lag),  # lag landings before a batch's step (one worker)
         "trainer.steps": 3 + lag,
         "trainer.checkpoint_every": 2,
     }
@@ -79,7 +79,7 @@ def test_partial_rollouts_meet_the_trainers_features(case, cold_start_cache, tmp
 def test_checkpoints_change_nothing_that_is_sampled(cold_start_cache, tmp_path):
     """A checkpoint at every step saves the pools between landings: the run is the one that saves none until
     its end."""
-    settings = {"trainer.max_staleness": 1, "trainer.steps": 4, "rollout.partial_steps": 16}
+    settings = {"trainer.max_staleness": 2, "trainer.steps": 4, "rollout.partial_steps": 16}
     every = train(quick_config(cold_start_cache, settings), tmp_path / "every")
     last = train(
         quick_config(cold_start_cache, {**settings, "trainer.checkpoint_every": 4}), tmp_path / "last"
