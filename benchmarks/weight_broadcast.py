@@ -5,18 +5,20 @@ apart.
     python -m benchmarks.weight_broadcast [--shape qwen2.5-1.5b] [--dtype bf16] [--bucket-mb 512]
                                           [--device cpu|cuda]
 
---device cpu: a gloo broadcast between two processes. --device cuda with two GPUs or more: an NCCL
-broadcast from a process on GPU 0 to one on GPU 1. With one GPU, NCCL refuses two ranks on one device, so
-the push goes through CUDA IPC instead, as a colocated engine's would: rank 0 sends each packed bucket's
-IPC handle, and rank 1 copies the bucket into its tensors (the "mode" field says which ran).
+--device cpu: the rollout workers' own push (lrm_fast/runtime/worker_group.py: WorkerGroup.broadcast_bucket
+over its gloo control group) between two processes. --device cuda with two GPUs or more: an NCCL broadcast
+from a process on GPU 0 to one on GPU 1. With one GPU, NCCL refuses two ranks on one device, so the push
+goes through CUDA IPC instead, as a colocated engine's would: rank 0 sends each packed bucket's IPC handle,
+and rank 1 copies the bucket into its tensors (the "mode" field says which ran).
 
 Rank 0 holds the state dict of a model of that shape (real tensor shapes from its transformers
-configuration, random values); rank 1 holds tensors of the same shapes. Per repeat, the weights go a
-bucket of about --bucket-mb at a time: rank 0 packs a bucket's tensors into one flat buffer, broadcasts
-it, and rank 1 copies it into its tensors, as a worker's load would. Rank 1 checks the last repeat's
-tensors against rank 0's through a position-weighted checksum of each tensor's bytes. The printed JSON
-holds the bytes, the median seconds per full sync, GB/s (bytes over those seconds) and the copy bandwidth
-of benchmarks/copy_bandwidth.py (bytes read plus written per second) on the same device, measured beside it.
+configuration, random values); rank 1 holds tensors of the same shapes. Per repeat, the weights go in the
+workers' buckets of up to --bucket-mb (worker_group.buckets): rank 0 packs a bucket's tensors into one flat
+buffer, broadcasts it, and rank 1 copies it into its tensors, as a worker's load_state_dict does. Rank 1
+checks the last repeat's tensors against rank 0's through a position-weighted checksum of each tensor's
+bytes. The printed JSON holds the bytes, the median seconds per full sync, GB/s (bytes over those seconds)
+and the copy bandwidth of benchmarks/copy_bandwidth.py (bytes read plus written per second) on the same
+device, measured beside it.
 """
 
 import argparse
@@ -29,6 +31,8 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from lrm_fast.runtime.worker_group import TensorSpec, WorkerGroup, buckets
 
 from .copy_bandwidth import copy_gbps
 
@@ -57,20 +61,27 @@ def state_shapes(shape: str) -> list[tuple[str, torch.Size]]:
     return [(name, p.shape) for name, p in model.named_parameters()]
 
 
-def buckets(tensors: list[torch.Tensor], bucket_bytes: int) -> list[list[int]]:
-    """Indices of `tensors` grouped in order into buckets of at least `bucket_bytes` (the last smaller)."""
-    groups, current, size = [], [], 0
-    for i, t in enumerate(tensors):
-        current.append(i)
-        size += t.numel() * t.element_size()
-        if size >= bucket_bytes:
-            groups.append(current)
-            current, size = [], 0
-    return groups + ([current] if current else [])
+def bucket_indices(tensors: list[torch.Tensor], bucket_bytes: int) -> list[list[int]]:
+    """Indices of `tensors` in the rollout workers' buckets (worker_group.buckets: consecutive, up to
+    `bucket_bytes` each, a larger tensor alone)."""
+    specs = [TensorSpec(str(i), tuple(t.shape), t.dtype) for i, t in enumerate(tensors)]
+    return [[int(s.name) for s in bucket] for bucket in buckets(specs, bucket_bytes)]
 
 
-def sync(tensors: list[torch.Tensor], groups: list[list[int]], rank: int) -> None:
-    """One full push from rank 0: each bucket packed, broadcast, unpacked on the receiver."""
+def gloo_sync(tensors: list[torch.Tensor], groups: list[list[int]], group: WorkerGroup) -> None:
+    """One full push from rank 0 as the rollout workers take it: each bucket one broadcast on the worker
+    group, copied into the receiver's tensors."""
+    for indices in groups:
+        parts = [tensors[i] for i in indices]
+        specs = [TensorSpec(str(i), tuple(t.shape), t.dtype) for i, t in zip(indices, parts, strict=True)]
+        received = group.broadcast_bucket(parts if group.rank == 0 else None, specs)
+        if group.rank != 0:
+            for t, r in zip(parts, received, strict=True):
+                t.copy_(r)
+
+
+def nccl_sync(tensors: list[torch.Tensor], groups: list[list[int]], rank: int) -> None:
+    """One full push from rank 0 over NCCL: each bucket packed, broadcast, unpacked on the receiver."""
     for group in groups:
         parts = [tensors[i] for i in group]
         if rank == 0:
@@ -120,12 +131,18 @@ def _worker(rank: int, args, shapes, init_file: str, queue, ipc) -> None:
     device = torch.device("cpu") if mode == "gloo" else torch.device("cuda", rank if mode == "nccl" else 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if mode == "nccl" else "gloo"  # cuda-ipc: gloo only for the barriers and checksums
+    backend = "nccl" if mode == "nccl" else "gloo"  # gloo, cuda-ipc: the default group for barriers, sums
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=2)
     tensors = _tensors(rank, shapes, DTYPES[args.dtype], device)
-    groups = buckets(tensors, args.bucket_mb * 2**20)
-    push = (lambda: ipc_sync(tensors, groups, rank, ipc)) if mode == "cuda-ipc" else (
-        lambda: sync(tensors, groups, rank))  # fmt: skip
+    groups = bucket_indices(tensors, args.bucket_mb * 2**20)
+    if mode == "gloo":
+        store = dist.PrefixStore("workers", dist.FileStore(f"{init_file}.workers", 2))
+        workers = WorkerGroup(store, rank, 2)
+        push = lambda: gloo_sync(tensors, groups, workers)
+    elif mode == "nccl":
+        push = lambda: nccl_sync(tensors, groups, rank)
+    else:
+        push = lambda: ipc_sync(tensors, groups, rank, ipc)
     times = []
     for _ in range(args.repeats):
         _synchronize(device)

@@ -26,9 +26,9 @@ The two choices:
 Each chunk (one trainer rank's share of a request) draws from a generator of its own, seeded as the
 synchronous loop seeds that share, so a chunk that never shares the pool samples exactly what
 `HFRolloutBackend.generate` samples (up to its `max_batch_size` rows: that loop draws bigger shares a slice
-at a time). The pool decodes as one batch, cut by nothing: every unfinished row of up to (lag - 1) // workers + 1
-requests, left-padded to the longest prefix. Its activations grow with it, which suits the CPU path this is
-built for; a GPU run samples with vLLM, where partial rollouts are not wired in.
+at a time). The pool decodes as one batch, cut by nothing: every unfinished row of up to
+(lag - 1) // workers + 1 requests, left-padded to the longest prefix. Its activations grow with it, which
+suits the CPU path this is built for; a GPU run samples with vLLM, where partial rollouts are not wired in.
 
 Between two landings the pool's whole state is its rows and generators (`state_dict`): a checkpoint saves
 it, and the next landing recomputes the cache from it.

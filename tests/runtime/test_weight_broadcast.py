@@ -17,7 +17,7 @@ def test_every_tensor_arrives_unchanged_over_several_buckets():
     assert result["mode"] == "gloo"
     assert result["equal"] and result["bytes"] == nbytes and result["tensors"] == len(shapes)
     meta = [torch.empty(s, dtype=torch.bfloat16, device="meta") for _, s in shapes]
-    assert result["buckets"] == len(weight_broadcast.buckets(meta, 2**20)) >= 3  # several broadcasts
+    assert result["buckets"] == len(weight_broadcast.bucket_indices(meta, 2**20)) >= 3  # several broadcasts
     assert result["gbps"] > 0 and result["copy_gbps"] > 0
 
 
@@ -27,10 +27,11 @@ def test_the_shapes_offered_are_those_of_the_update_benchmark():
     assert set(weight_broadcast.SHAPE_NAMES) == set(SHAPES)
 
 
-def test_buckets_hold_the_tensors_in_order():
-    tensors = [torch.zeros(n, dtype=torch.uint8) for n in (3, 5, 2, 7, 1)]
-    assert weight_broadcast.buckets(tensors, 6) == [[0, 1], [2, 3], [4]]
-    assert weight_broadcast.buckets(tensors, 100) == [[0, 1, 2, 3, 4]]
+def test_buckets_are_the_rollout_workers_own():
+    """Up to the limit each, in order, a larger tensor alone (lrm_fast/runtime/worker_group.py: buckets)."""
+    tensors = [torch.zeros(n, dtype=torch.uint8) for n in (3, 2, 7, 1, 5)]
+    assert weight_broadcast.bucket_indices(tensors, 6) == [[0, 1], [2], [3, 4]]
+    assert weight_broadcast.bucket_indices(tensors, 100) == [[0, 1, 2, 3, 4]]
 
 
 def test_a_changed_byte_changes_the_checksum():
