@@ -7,6 +7,12 @@ SLURM step of its own) that joins it by its rank 0's address.
 It takes everything else from rank 0 (the config, the tokenizer, the weights, each request:
 lrm_fast/training/rollout_worker.py), samples with this host's CPU threads (trainer.num_threads) and exits
 when the run stops it, or with status 1 when the run goes away or its sampling fails.
+
+Batch n goes to worker n mod W, so a run is reproducible across hosts only if they compute alike (the same
+hardware and trainer.num_threads) or each command keeps its `--index` over a resume. gloo connects through
+the interface of this host's name; where that resolves to a loopback address (127.0.1.1 on many Debian
+hosts), set GLOO_SOCKET_IFNAME to the interface that reaches rank 0's host, on both sides. A host that
+vanishes without closing its connections (power loss, a partition) is noticed only at the groups' timeout.
 """
 
 import argparse
@@ -29,10 +35,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--address", type=parse_address, required=True, help="rank 0's HOST:trainer.rollout_port"
     )
+    parser.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="which of the workers started apart this is (1 .. trainer.remote_rollout_workers), so that each "
+        "batch goes to the same host after a resume; default: the next one not yet claimed. Give it to "
+        "every command or to none",
+    )
     args = parser.parse_args(argv)
     from lrm_fast.training.rollout_worker import serve  # torch and transformers: after the arguments
 
-    sys.exit(0 if serve(args.address) else 1)
+    sys.exit(0 if serve(args.address, apart=args.index) else 1)
 
 
 if __name__ == "__main__":

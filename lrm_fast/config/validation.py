@@ -268,6 +268,11 @@ def _validate_trainer(cfg: TrainConfig) -> None:
             "trainer.max_staleness > 0 needs a rollout worker: trainer.rollout_workers or "
             "trainer.remote_rollout_workers >= 1"
         )
+    if trainer.remote_rollout_workers and not trainer.max_staleness:
+        raise ValueError(
+            "trainer.remote_rollout_workers needs asynchronous rollouts (trainer.max_staleness > 0): the "
+            "synchronous loop samples in the trainer's own processes"
+        )
     if trainer.remote_rollout_workers and not trainer.rollout_port:
         raise ValueError(
             "trainer.remote_rollout_workers needs trainer.rollout_port: the port their "

@@ -65,17 +65,20 @@ class WorkerGroup:
         return cls(store, rank, size)
 
     @classmethod
-    def join_next(cls, address: Address) -> "WorkerGroup":
-        """Join as the next of the members that rank 0 waits for beyond those it started itself (a worker
-        started apart): the group's size and the first such rank are in rank 0's store (host_store)."""
+    def join_apart(cls, address: Address, index: int | None = None) -> "WorkerGroup":
+        """Join as worker `index` (1, 2, ...) of those rank 0 waits for beyond the ones it started itself
+        (workers started apart); None: the next index not yet claimed (in the order the workers connect).
+        The group's size and the first such rank are in rank 0's store (host_store)."""
         store = dist.TCPStore(address.host, address.port, is_master=False, timeout=JOIN_TIMEOUT)
         size, first = int(store.get("size")), int(store.get("first_remote"))
-        rank = first + store.add("remote_joined", 1) - 1
-        if rank >= size:
+        if index is None:
+            index = store.add("remote_joined", 1)
+        if not 1 <= index <= size - first:
             raise RuntimeError(
-                f"rank 0 at {address.host}:{address.port} waits for no more workers ({size - first})"
+                f"rank 0 at {address.host}:{address.port} waits for {size - first} worker(s) started apart: "
+                f"there is no worker {index}"
             )
-        return cls(store, rank, size)
+        return cls(store, first + index - 1, size)
 
     # ------------------------------------------------------------------ control: rank 0 to every worker
     def broadcast_object(self, value=None):

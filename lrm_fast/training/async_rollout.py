@@ -79,6 +79,7 @@ from lrm_fast.levers.injection import SolutionBank
 from lrm_fast.runtime import DistInfo
 from lrm_fast.runtime.worker_group import TIMEOUT, TensorSpec, WorkerGroup, buckets, host_store
 from lrm_fast.training.rollout_worker import Request, Result, WorkerSpec, request_seed, sample_request, serve
+from lrm_fast.training.step_metrics import covered_seconds
 
 __all__ = [
     "AsyncRollouts",
@@ -87,7 +88,6 @@ __all__ = [
     "lag_of",
     "request_seed",
     "sample_request",
-    "staleness_metrics",
 ]
 
 # How often a waiting side checks that the other is still alive (seconds).
@@ -116,7 +116,7 @@ class AsyncRollouts:
     ):
         """`ref_model`: the frozen reference, copied once into each worker when the reward has a KL term
         (reward.kl_coef)."""
-        self.lag, self.partial = lag_of(cfg), cfg.rollout.partial_steps is not None
+        self.cfg, self.lag, self.partial = cfg, lag_of(cfg), cfg.rollout.partial_steps is not None
         self._replies: dict[int, object] = {}  # each worker's reply to the last operation on its pool
         self.dist = dist or DistInfo(0, 1, torch.device("cpu"))
         self.bucket_bytes = cfg.rollout.sync_bucket_mb << 20
@@ -141,14 +141,26 @@ class AsyncRollouts:
         self.outstanding: deque[Request] = deque()  # requested, result not yet received (rank 0)
         self.ready: dict[int, Result] = {}
         self.sent: dict[int, Request] = {}  # every request whose batch is not trained yet
-        self._started: dict[int, float] = {}
+        self._started: dict[int, tuple[float, int]] = {}  # batch: (its start, its worker)
         self._version_pushed: int | None = None
         self.pushed = {"bytes": 0, "seconds": 0.0}  # every weight push so far (this run's process)
         self._pushed_logged = dict(self.pushed)
+        self._barrier()  # the others wait while rank 0 waits for its workers to join (up to JOIN_TIMEOUT)
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.workers]
+
+    def describe(self) -> str:
+        """The run log's line about the workers."""
+        trainer = self.cfg.trainer
+        apart = (
+            f" and {trainer.remote_rollout_workers} started apart" if trainer.remote_rollout_workers else ""
+        )
+        return (
+            f"[async] rollout process {', '.join(map(str, self.pids)) or '(none here)'}{apart}: batches "
+            f"sampled with weights up to {trainer.max_staleness} optimizer steps older than their update's"
+        )
 
     def _start_workers(self, trainer: TrainerConfig, spec: WorkerSpec) -> None:
         """Start trainer.rollout_workers processes, wait for them and the remote ones, send them the spec."""
@@ -255,12 +267,15 @@ class AsyncRollouts:
         return result, self.sent.pop(index)
 
     def overlap(self, start: float, end: float) -> float:
-        """Seconds of [start, end] (an update) during which a worker was sampling (rank 0's count)."""
+        """Seconds of [start, end] (an update) during which a worker on this host was sampling (rank 0's
+        count: a worker started apart keeps another host's clock)."""
         if not self.dist.is_main:
             return 0.0
         while self._receive(block=False):
             pass
-        spans = [(r.start, r.end) for r in self.ready.values()] + [(s, end) for s in self._started.values()]
+        here = len(self.workers)
+        spans = [(r.start, r.end) for r in self.ready.values() if r.worker <= here]
+        spans += [(s, end) for s, worker in self._started.values() if worker <= here]
         return covered_seconds(spans, start, end)
 
     def settle(self) -> list[Result]:
@@ -272,9 +287,14 @@ class AsyncRollouts:
         else:
             while self.outstanding:
                 self._receive(block=True)
+        self._barrier()
+        return [self.ready[i] for i in sorted(self.ready)]
+
+    def _barrier(self) -> None:
+        """Every trainer rank waits here for rank 0, on a gloo group whose timeout allows a batch (NCCL's
+        watchdog on the default group would end a wait for the workers)."""
         if self._trainers is not None:
             torch.distributed.barrier(group=self._trainers)
-        return [self.ready[i] for i in sorted(self.ready)]
 
     def state_dict(self) -> dict:
         """The batches requested and not yet trained, with their results (rank 0's; waits for them), and under
@@ -298,6 +318,8 @@ class AsyncRollouts:
         self.sent = {r.index: r for r in state["requests"]}
         self.requested = max(self.sent, default=0)
         self._restore_pools(state.get("pools"))
+        if self.partial:  # the other ranks cannot tell whether rank 0 restores pools: all wait
+            self._barrier()
 
     def _restore_pools(self, pools: dict | None) -> None:
         """The partial-rollout pools of a checkpoint back into the workers that held them (rank 0)."""
@@ -306,8 +328,8 @@ class AsyncRollouts:
         if not self.partial or len(pools) != self.worker_count:
             raise ValueError(
                 f"the checkpoint holds batches in the partial-rollout pools of {len(pools)} rollout "
-                "worker(s): resume it with rollout.partial_steps set and "
-                f"trainer.rollout_workers={len(pools)}"
+                "worker(s): resume it with rollout.partial_steps set and as many workers "
+                f"(trainer.rollout_workers + trainer.remote_rollout_workers = {len(pools)})"
             )
         self.outstanding = deque(self.sent[i] for i in sorted(self.sent) if i not in self.ready)
         self._ask_workers("restore", pools)
@@ -327,6 +349,7 @@ class AsyncRollouts:
         if self.partial:
             self._ask_workers("drop")  # the pools emptied, and every result sent before has arrived
             self.outstanding.clear()
+            self._barrier()
         else:
             self.settle()
         self.ready.clear()
@@ -378,7 +401,7 @@ class AsyncRollouts:
             self._check_workers()
             raise RuntimeError(f"rank 0 stopped receiving from the rollout workers:\n{payload}")
         if kind == "started":
-            self._started[payload[0]] = payload[1]
+            self._started[payload[0]] = (payload[1], source)
             return True
         if kind in ("pool", "restored", "dropped"):  # the reply to an operation on the pools
             self._replies[source] = payload
@@ -411,27 +434,6 @@ class AsyncRollouts:
             raise RuntimeError("rank 0 lost the connection to the rollout workers in a broadcast") from error
 
 
-def staleness_metrics(result: Result, optimizer_steps: int, cfg: TrainConfig) -> dict[str, float]:
-    """The staleness in optimizer steps of a batch about to be trained after `optimizer_steps` of them: its
-    oldest token's (the request's weights), and under partial rollouts the share of tokens sampled with
-    newer weights and the mean token's. Raises if any token is older than trainer.max_staleness: the
-    schedule guarantees it, and a broken one must not train."""
-    token_steps = result.token_steps or {result.steps: 1}
-    tokens = sum(token_steps.values())
-    staleness = {optimizer_steps - steps: count for steps, count in token_steps.items()}
-    if max(staleness) > cfg.trainer.max_staleness:
-        raise RuntimeError(
-            f"batch {result.index} has tokens {max(staleness)} optimizer steps old "
-            f"(max {cfg.trainer.max_staleness})"
-        )
-    oldest = optimizer_steps - result.steps
-    metrics = {"async/staleness": float(oldest)}
-    if cfg.rollout.partial_steps:
-        metrics["async/fresher_tokens"] = sum(c for s, c in staleness.items() if s < oldest) / max(tokens, 1)
-        metrics["async/token_staleness"] = sum(s * c for s, c in staleness.items()) / max(tokens, 1)
-    return metrics
-
-
 def _full(value: torch.Tensor) -> torch.Tensor:
     """The whole tensor of an FSDP2 shard (an all-gather on every trainer rank), or the tensor itself."""
     return value.full_tensor() if isinstance(value, DTensor) else value
@@ -445,17 +447,6 @@ def _full_state(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor] |
         if keep:
             state[name] = full.to("cpu", copy=True)
     return state if keep else None
-
-
-def covered_seconds(spans: list[tuple[float, float]], start: float, end: float) -> float:
-    """Seconds of [start, end] inside the union of `spans`."""
-    covered, reach = 0.0, start
-    for a, b in sorted(spans):
-        a, b = max(a, reach), min(b, end)
-        if b > a:
-            covered += b - a
-            reach = b
-    return covered
 
 
 def _current(result: Result) -> Result:

@@ -101,7 +101,9 @@ class PartialPool:
             scored = self.sampler.score(examples, shares[rank])
             selections.append(static_selection(scored, self.cfg.rollout.group_size))
             versions.update(v for rollout in shares[rank] for v in rollout.versions)
-        tokens = Counter({self.steps_of[v]: n for v, n in versions.items()})
+        tokens = Counter()  # two versions have the same optimizer steps when a step between them took none
+        for version, count in versions.items():
+            tokens[self.steps_of[version]] += count
         return Result(
             request.index, request.version, selections, start, time.monotonic(), request.steps, self.rank,
             token_steps=dict(tokens), newest=max(versions, default=request.version),

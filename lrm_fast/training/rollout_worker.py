@@ -116,15 +116,19 @@ class WorkerSpec:
     trainer_ranks: int
 
 
-def serve(address: Address, rank: int | None = None, size: int | None = None, alive=None) -> bool:
-    """The worker's process: join the group (as `rank` of `size`; None: as the next worker started apart,
-    lrm-fast-rollout-worker), take the spec from rank 0, then sample and score each request assigned to it.
-    False if it failed (rank 0 has been told why)."""
+def serve(
+    address: Address, rank: int | None = None, size: int | None = None, alive=None, apart: int | None = None
+) -> bool:
+    """The worker's process: join the group (as `rank` of `size`; None: as worker `apart` of those started
+    apart by lrm-fast-rollout-worker, None: the next), take the spec from rank 0, then sample and score each
+    request assigned to it. False if it failed (rank 0 has been told why)."""
     if alive is not None:
         _exit_with_trainer(alive)
     _leave_trainer_world()
     # First: rank 0 waits for every worker here.
-    group = WorkerGroup.join(address, rank, size) if rank is not None else WorkerGroup.join_next(address)
+    group = (
+        WorkerGroup.join(address, rank, size) if rank is not None else WorkerGroup.join_apart(address, apart)
+    )
     spec: WorkerSpec = group.broadcast_object()
     cfg, rank = spec.cfg, group.rank
     torch.set_flush_denormal(True)  # as configure_runtime: subnormals slow CPU steps about 10x

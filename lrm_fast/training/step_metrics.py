@@ -2,14 +2,20 @@
 statistics and dynamic sampling's selection (summed over ranks by the trainer before these run).
 
 `step_metric_keys` is the one list of what a step logs (metrics.jsonl, TensorBoard), with the settings
-that add keys; the trainer's rows are tested against it.
+that add keys; the trainer's rows are tested against it. Asynchronous rollouts add a batch's staleness
+(`staleness_metrics`) and the update's overlap with sampling (`covered_seconds`).
 """
+
+from typing import TYPE_CHECKING
 
 from lrm_fast.config import TrainConfig
 from lrm_fast.config.choices import AdvantageEstimator, RatioLevel, Sampling, Truncated
 from lrm_fast.levers.dynamic_sampling import Selection
 from lrm_fast.levers.scoring import lever_metrics
 from lrm_fast.training.sampler_correction import MISMATCH_SUMS, SamplerCorrection
+
+if TYPE_CHECKING:
+    from lrm_fast.training.rollout_worker import Result
 
 
 def sample_counts(selection: Selection, dynamic: bool, max_new_tokens: int) -> dict[str, float]:
@@ -202,3 +208,35 @@ def step_metric_keys(cfg: TrainConfig, asynchronous: bool) -> tuple[frozenset[st
     mismatch = cfg.rollout.log_mismatch or SamplerCorrection.of(cfg.rollout, asynchronous).applied
     measured = set(MISMATCH_KEYS) if mismatch else set()
     return frozenset(always), frozenset(measured)
+
+
+def staleness_metrics(result: "Result", optimizer_steps: int, cfg: TrainConfig) -> dict[str, float]:
+    """The staleness in optimizer steps of a batch about to be trained after `optimizer_steps` of them: its
+    oldest token's (the request's weights), and under partial rollouts the share of tokens sampled with
+    newer weights and the mean token's. Raises if any token is older than trainer.max_staleness: the
+    schedule guarantees it, and a broken one must not train."""
+    token_steps = result.token_steps or {result.steps: 1}
+    tokens = sum(token_steps.values())
+    staleness = {optimizer_steps - steps: count for steps, count in token_steps.items()}
+    if max(staleness) > cfg.trainer.max_staleness:
+        raise RuntimeError(
+            f"batch {result.index} has tokens {max(staleness)} optimizer steps old "
+            f"(max {cfg.trainer.max_staleness})"
+        )
+    oldest = optimizer_steps - result.steps
+    metrics = {"async/staleness": float(oldest)}
+    if cfg.rollout.partial_steps:
+        metrics["async/fresher_tokens"] = sum(c for s, c in staleness.items() if s < oldest) / max(tokens, 1)
+        metrics["async/token_staleness"] = sum(s * c for s, c in staleness.items()) / max(tokens, 1)
+    return metrics
+
+
+def covered_seconds(spans: list[tuple[float, float]], start: float, end: float) -> float:
+    """Seconds of [start, end] inside the union of `spans`."""
+    covered, reach = 0.0, start
+    for a, b in sorted(spans):
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            covered += b - a
+            reach = b
+    return covered

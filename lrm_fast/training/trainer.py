@@ -55,13 +55,7 @@ from lrm_fast.training.assembly import (
     encode,
     score,
 )
-from lrm_fast.training.async_rollout import (
-    AsyncRollouts,
-    Request,
-    request_seed,
-    sample_request,
-    staleness_metrics,
-)
+from lrm_fast.training.async_rollout import AsyncRollouts, Request, request_seed, sample_request
 from lrm_fast.training.checkpoint import export_model, list_checkpoints, load_checkpoint, save_checkpoint
 from lrm_fast.training.guard import Diverged, DivergenceGuard
 from lrm_fast.training.metrics import MetricsLogger
@@ -112,11 +106,7 @@ class GRPOTrainer:
             self.run_dir, cfg.trainer.steps, self.step_count, dist.is_main, cfg.trainer.progress_bar, trackers
         )
         if self.pipeline is not None:
-            self.logger.write(
-                f"[async] rollout process {', '.join(map(str, self.pipeline.pids))}: batches sampled with "
-                "weights up to "
-                f"{cfg.trainer.max_staleness} optimizer steps older than their update's"
-            )
+            self.logger.write(self.pipeline.describe())
 
     # ------------------------------------------------------------------------------------ loop
     def train(self) -> dict:
@@ -325,7 +315,9 @@ class GRPOTrainer:
             answered = (result.index, result.version, result.steps)
             expected = (n, request.version, request.steps)
             raise RuntimeError(f"batch (index, version, steps) {expected} came back as {answered}")
-        staleness = staleness_metrics(result, self.guard.optimizer_steps, cfg)  # raises past the bound
+        staleness = step_metrics.staleness_metrics(
+            result, self.guard.optimizer_steps, cfg
+        )  # raises past the bound
         self._timings["time/rollout_s"] = time.perf_counter() - tick  # waiting for it
         self._async |= staleness
         self._async["async/sampling_s"] = result.end - result.start

@@ -14,8 +14,9 @@ from lrm_fast.data.sources import builtin_examples
 from lrm_fast.data.tokenizer import build_tokenizer
 from lrm_fast.kernels import token_logprobs
 from lrm_fast.model.causal_lm import build_model, tiny_qwen2_config
-from lrm_fast.training.async_rollout import AsyncRollouts, Request, covered_seconds
+from lrm_fast.training.async_rollout import AsyncRollouts, Request
 from lrm_fast.training.sampler_correction import SamplerCorrection
+from lrm_fast.training.step_metrics import covered_seconds
 from lrm_fast.training.update import micro_batch_loss, response_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")

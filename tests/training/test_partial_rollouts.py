@@ -35,7 +35,7 @@ def _case(**levels) -> dict:
     return {name: values[0] for name, values in FACTORS.items()} | levels
 
 
-# Partial rollouts need static sampling and, to span landings, lag >= 2 (validation refuses the rest); each
+# Partial rollouts need static sampling and, to span landings, lag >= 2 with one worker (validation); each
 # case stacks several features on the trainer's side, which takes the pool's batches as any other.
 CASES = [
     _case(regime="negative", aggregation="seq_mean_token_sum_norm", steps_per_batch=(1, 2), lag=2,

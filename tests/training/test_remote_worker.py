@@ -14,14 +14,15 @@ from test_async_rollouts import perturb, small_policy_and_config
 from lrm_fast.batching import micro_batches as M
 from lrm_fast.cli.rollout_worker import main as worker_main
 from lrm_fast.data.sources import builtin_examples
+from lrm_fast.runtime.worker_group import WorkerGroup, host_store
 from lrm_fast.training.async_rollout import AsyncRollouts, Request
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _command(port: int) -> subprocess.Popen:
+def _command(port: int, *more: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "lrm_fast.cli.rollout_worker", "--address", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "lrm_fast.cli.rollout_worker", "--address", f"127.0.0.1:{port}", *more],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -73,7 +74,7 @@ def test_a_run_that_loses_a_worker_started_apart_stops_and_says_so():
     examples = builtin_examples(2, "train", 0, cfg.data.difficulty)
     cfg.trainer.rollout_workers, cfg.trainer.remote_rollout_workers = 0, 1
     cfg.trainer.rollout_port = free_port()
-    command = _command(cfg.trainer.rollout_port)
+    command = _command(cfg.trainer.rollout_port, "--index", "1")
     try:
         pipeline = AsyncRollouts(cfg, model, tokenizer, None)
         try:
@@ -89,6 +90,16 @@ def test_a_run_that_loses_a_worker_started_apart_stops_and_says_so():
             pipeline.close()
     finally:
         command.kill()
+
+
+def test_a_worker_index_rank_0_does_not_wait_for_is_refused():
+    store, address = host_store(1, remote=2, port=free_port())
+    for index in (0, 3):
+        with pytest.raises(
+            RuntimeError, match=rf"waits for 2 worker\(s\) started apart: there is no worker {index}"
+        ):
+            WorkerGroup.join_apart(address, index)
+    del store
 
 
 @pytest.mark.parametrize("address", ["29600", "host:", "host:port", "host:70000"])
