@@ -21,7 +21,8 @@ The two choices:
   the fixed schedule gives it (lrm_fast/training/async_rollout.py); later landings only make its tokens
   fresher. What must hold instead is that a batch ends within the landings of requests the trainer makes
   before the step that trains it (else the trainer would wait for a landing it has yet to request):
-  validation asks `steps x ((lag - 1) // workers + 1) >= max_new_tokens`, so spanning takes lag >= workers + 1.
+  validation asks `steps x ((lag - 1) // workers + 1) >= max_new_tokens`, so spanning takes
+  lag >= workers + 1.
 
 Each chunk (one trainer rank's share of a request) draws from a generator of its own, seeded as the
 synchronous loop seeds that share, so a chunk that never shares the pool samples exactly what
