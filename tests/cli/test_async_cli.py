@@ -95,12 +95,21 @@ def _check_the_steps_recorded_before_workers_existed(run):
     """tests/fixtures/async_one_worker_steps.json holds this run's steps as the single-process pipeline
     (a rollout process fed by shared-memory queues) logged them; the one-worker case of the rollout workers
     must log the same, apart from times and the new weight-push keys. (Checked inside a test that uses the
-    reference run already: each more test of it may make the run once more on another xdist worker.)"""
+    reference run already: each more test of it may make the run once more on another xdist worker.)
+
+    One value is rounding noise: rollout/logp_abs_diff of step 1, the mean |log p_trainer - log p_sampler| of
+    the same weights (about 2e-7, against 0.18 once the sampler's weights are a step old), which follows the
+    CPU's vector instructions (recorded 2.1e-7; 2.3e-7 on an AVX-512 host). It is held to that noise level
+    rather than to the recorded value."""
     fixture = Path(__file__).parents[1] / "fixtures" / "async_one_worker_steps.json"
     recorded = json.loads(fixture.read_text())
     rows = [row for row in read_metrics(run) if "loss/policy" in row]
     assert len(rows) == len(recorded["rows"]) == 4
+    noise = "rollout/logp_abs_diff"
     for row, expected in zip(rows, recorded["rows"], strict=True):
+        if expected[noise] < 1e-6:  # the same weights: noise
+            assert row[noise] < 1e-6
+            expected = {k: v for k, v in expected.items() if k != noise}
         assert {k: row[k] for k in expected} == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
 
