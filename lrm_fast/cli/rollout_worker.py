@@ -43,10 +43,15 @@ def main(argv: list[str] | None = None) -> None:
         "batch goes to the same host after a resume; default: the next one not yet claimed. Give it to "
         "every command or to none",
     )
+    parser.add_argument(
+        "--devices",
+        default=None,
+        help='the GPUs to sample on (CUDA_VISIBLE_DEVICES, e.g. "0,1"); default: the CPU',
+    )
     args = parser.parse_args(argv)
     from lrm_fast.training.rollout_worker import serve  # torch and transformers: after the arguments
 
-    sys.exit(0 if serve(args.address, apart=args.index) else 1)
+    sys.exit(0 if serve(args.address, apart=args.index, devices=args.devices) else 1)
 
 
 if __name__ == "__main__":

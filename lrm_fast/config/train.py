@@ -424,6 +424,10 @@ class TrainerConfig:
     # it, on every interface); 0 with none of them: any free port.
     remote_rollout_workers: int = 0
     rollout_port: int = 0
+    # The GPUs of each worker rank 0 starts (its CUDA_VISIBLE_DEVICES: "4", "5,6"), one entry per worker: a
+    # rollout=hf worker samples on them, a vLLM worker's engine runs on them. Empty: on the CPU (vLLM: the
+    # trainer's devices). A worker started apart takes them from its command (--devices).
+    rollout_devices: list[str] = field(default_factory=list)
     progress_bar: bool = True
     # Where the metrics go besides metrics.jsonl, which is always written: any of tensorboard, wandb,
     # mlflow (the last two are extras: pip install -e ".[wandb]", ".[mlflow]"). Each gets the step metrics,

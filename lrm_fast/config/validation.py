@@ -268,6 +268,13 @@ def _validate_trainer(cfg: TrainConfig) -> None:
             "trainer.max_staleness > 0 needs a rollout worker: trainer.rollout_workers or "
             "trainer.remote_rollout_workers >= 1"
         )
+    if trainer.rollout_devices:
+        entries = len(trainer.rollout_devices) == trainer.rollout_workers
+        requirement = f"one entry per rollout worker ({trainer.rollout_workers})"
+        _check(entries, "trainer.rollout_devices", requirement, trainer.rollout_devices)
+        for entry in trainer.rollout_devices:
+            valid = all(part.isdigit() for part in str(entry).split(","))
+            _check(valid, "trainer.rollout_devices", 'CUDA device lists such as "4" or "5,6"', entry)
     if trainer.remote_rollout_workers and not trainer.max_staleness:
         raise ValueError(
             "trainer.remote_rollout_workers needs asynchronous rollouts (trainer.max_staleness > 0): the "

@@ -178,9 +178,10 @@ class AsyncRollouts:
         self._alive = []
         for rank in range(1, count + 1):
             alive, keep = context.Pipe(duplex=False)
+            devices = trainer.rollout_devices[rank - 1] if trainer.rollout_devices else None
             process = context.Process(
                 target=serve,
-                args=(address, rank, self.worker_count + 1, alive),
+                args=(address, rank, self.worker_count + 1, alive, None, devices),
                 daemon=True,
                 name=f"lrm-fast-rollout-{rank}",
             )

@@ -107,6 +107,7 @@ class PartialPool:
         return Result(
             request.index, request.version, selections, start, time.monotonic(), request.steps, self.rank,
             token_steps=dict(tokens), newest=max(versions, default=request.version),
+            device=str(self.sampler.device),
         )  # fmt: skip
 
     def _fail(self) -> list[Result]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lrm_fast.config import TrainConfig
-from lrm_fast.config.choices import Sampling
+from lrm_fast.config.choices import RolloutEngine, Sampling
 from lrm_fast.data.examples import PromptExample
 from lrm_fast.levers.dynamic_sampling import Selection, select_groups, static_selection
 from lrm_fast.levers.scoring import ScoredStep
@@ -61,6 +61,7 @@ class Result:
     # Partial rollouts: the newest weights that sampled any of its tokens, or whose logits were non-finite
     # (selections None); None: the request's (`version`).
     newest: int | None = None
+    device: str = "cpu"  # where the worker's policy sampled it (rollout=vllm: its staging copy's device)
 
     @property
     def selection(self) -> Selection | None:
@@ -117,11 +118,19 @@ class WorkerSpec:
 
 
 def serve(
-    address: Address, rank: int | None = None, size: int | None = None, alive=None, apart: int | None = None
+    address: Address,
+    rank: int | None = None,
+    size: int | None = None,
+    alive=None,
+    apart: int | None = None,
+    devices: str | None = None,
 ) -> bool:
     """The worker's process: join the group (as `rank` of `size`; None: as worker `apart` of those started
     apart by lrm-fast-rollout-worker, None: the next), take the spec from rank 0, then sample and score each
-    request assigned to it. False if it failed (rank 0 has been told why)."""
+    request assigned to it, on the GPUs `devices` (CUDA_VISIBLE_DEVICES; None: the CPU). False if it failed
+    (rank 0 has been told why)."""
+    if devices is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
     if alive is not None:
         _exit_with_trainer(alive)
     _leave_trainer_world()
@@ -139,7 +148,7 @@ def serve(
     try:
         from lrm_fast.training.partial_pool import PartialPool  # which imports this module
 
-        sampler = Sampler(spec)
+        sampler = Sampler(spec, gpu=devices is not None)
         pool = PartialPool(sampler, rank) if cfg.rollout.partial_steps else None
         while (message := inbox.get()) is not None:
             if isinstance(message, BaseException):
@@ -174,7 +183,10 @@ def _whole(sampler: "Sampler", request: Request, rank: int) -> list[Result]:
     """A request sampled from start to end with its own weights."""
     start = time.monotonic()
     selections = sampler.sample(request)
-    return [Result(request.index, request.version, selections, start, time.monotonic(), request.steps, rank)]
+    end, device = time.monotonic(), str(sampler.device)
+    return [
+        Result(request.index, request.version, selections, start, end, request.steps, rank, device=device)
+    ]
 
 
 def _receive(group: WorkerGroup, inbox: queue.Queue) -> None:
@@ -204,14 +216,19 @@ def _receive(group: WorkerGroup, inbox: queue.Queue) -> None:
 class Sampler:
     """The worker's models and engine, and one batch sampled for every trainer rank."""
 
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, gpu: bool = False):
+        """`gpu`: sample on the first GPU this process sees (rollout=hf; a vLLM engine places itself, and its
+        policy copy, which only stages the weights, stays on the CPU)."""
         from lrm_fast.training.assembly import build_rollout, encode, score  # the trainer's own helpers
         from lrm_fast.training.update import response_log_ratios
 
         cfg, tokenizer = spec.cfg, spec.tokenizer
         self.cfg, self.ranks, self.loaded = cfg, spec.trainer_ranks, None
-        self.model = _model(spec.shape, cfg)
+        on_gpu = gpu and cfg.rollout.backend == RolloutEngine.hf and torch.cuda.is_available()
+        self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+        self.model = _model(spec.shape, cfg).to(self.device)
         ref_model = _model(spec.shape, cfg, spec.reference) if spec.reference is not None else None
+        ref_model = ref_model.to(self.device) if ref_model is not None else None
         self.backend = build_rollout(cfg, self.model, tokenizer)  # hf: samples with the model; vllm: engine
 
         def generate(examples, params):

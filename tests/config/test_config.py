@@ -162,6 +162,14 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
         ),
         ({"trainer": {"rollout_port": 70000}}, "trainer.rollout_port must be a TCP port"),
         ({"trainer": {"remote_rollout_workers": 1}}, r"remote_rollout_workers needs asynchronous rollouts"),
+        (
+            {"trainer": {"rollout_workers": 2, "rollout_devices": ["0"]}},
+            r"trainer.rollout_devices must be one entry per rollout worker \(2\)",
+        ),
+        (
+            {"trainer": {"rollout_devices": ["0;1"]}},
+            r"trainer.rollout_devices must be CUDA device lists .*'0;1'",
+        ),
         ({"eval": {"problems": 0}}, "eval.problems must be > 0"),
         ({"eval": {"top_p": 2.0}}, r"eval.top_p must be in \(0, 1\]"),
         ({"regime": {"name": "neg_to_pos", "switch_step": -3}}, "regime.switch_step must be >= 0, got -3"),
@@ -208,6 +216,8 @@ def test_study_experiments_grade_with_the_studys_think_rule(experiment):
         "remote_without_port",
         "rollout_port",
         "remote_synchronous",
+        "devices_per_worker",
+        "devices_list",
         "eval_problems",
         "eval_top_p",
         "switch_step",

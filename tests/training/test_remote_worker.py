@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from processes import free_port, gone
-from test_async_rollouts import perturb, small_policy_and_config
+from test_async_rollouts import perturb, small_policy_and_config, trainer_logprobs
 
 from lrm_fast.batching import micro_batches as M
 from lrm_fast.cli.rollout_worker import main as worker_main
@@ -108,3 +108,48 @@ def test_the_command_names_a_bad_address(address, capsys):
         worker_main(["--address", address])
     assert error.value.code == 2
     assert "expected HOST:PORT (rank 0's host and trainer.rollout_port)" in capsys.readouterr().err
+
+
+def _devices_run(devices: list[str]) -> list:
+    model, tokenizer, cfg = small_policy_and_config()
+    cfg.trainer.rollout_devices = devices
+    examples = builtin_examples(2, "train", 0, cfg.data.difficulty)
+    pipeline = AsyncRollouts(cfg, model, tokenizer, None)
+    try:
+        return _batches(pipeline, model, examples)
+    finally:
+        pipeline.close()
+
+
+def test_a_worker_given_devices_samples_there_and_samples_the_same():
+    """trainer.rollout_devices: the worker sets its CUDA_VISIBLE_DEVICES and samples on the first GPU it sees;
+    without CUDA (this CPU twin) it samples on the CPU, exactly as a worker given none."""
+    cpu = _devices_run([])
+    given = _devices_run(["0"])
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert [r.device for r in cpu] == ["cpu"] * 3 and [r.device for r in given] == [expected] * 3
+    if not torch.cuda.is_available():
+        for one, other in zip(cpu, given, strict=True):
+            assert [s.response_ids for s in one.selection.samples] == [
+                s.response_ids for s in other.selection.samples
+            ]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_worker_given_a_gpu_samples_on_it_with_the_trainers_weights():
+    """On a GPU host: the hf worker's policy lives on its GPU; its log-probs of the pushed weights match the
+    trainer's recomputation on the CPU to float tolerance."""
+    model, tokenizer, cfg = small_policy_and_config()
+    cfg.trainer.rollout_devices = ["0"]
+    examples = builtin_examples(2, "train", 0, cfg.data.difficulty)
+    pipeline = AsyncRollouts(cfg, model, tokenizer, None)
+    try:
+        pipeline.request(Request(1, 0, [examples], seed=1), model)
+        result = pipeline.take(1)[0]
+    finally:
+        pipeline.close()
+    assert result.device == "cuda:0"
+    samples = result.selection.samples
+    gap = M.sampler_logprobs(samples) - trainer_logprobs(model, samples, 0.8)
+    assert gap.abs().max() < 1e-4
