@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--devices",
         default=None,
-        help='the GPUs to sample on (CUDA_VISIBLE_DEVICES, e.g. "0,1"); default: the CPU',
+        help='the GPUs to sample on (CUDA_VISIBLE_DEVICES, e.g. "0,1"); default: none (rollout=hf: the CPU)',
     )
     args = parser.parse_args(argv)
     from lrm_fast.training.rollout_worker import serve  # torch and transformers: after the arguments

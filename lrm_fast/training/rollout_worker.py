@@ -224,7 +224,12 @@ class Sampler:
 
         cfg, tokenizer = spec.cfg, spec.tokenizer
         self.cfg, self.ranks, self.loaded = cfg, spec.trainer_ranks, None
-        on_gpu = gpu and cfg.rollout.backend == RolloutEngine.hf and torch.cuda.is_available()
+        if gpu and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"this rollout worker was given the GPUs {os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
+                "(trainer.rollout_devices, or --devices), but torch sees no CUDA device there"
+            )
+        on_gpu = gpu and cfg.rollout.backend == RolloutEngine.hf
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
         self.model = _model(spec.shape, cfg).to(self.device)
         ref_model = _model(spec.shape, cfg, spec.reference) if spec.reference is not None else None
