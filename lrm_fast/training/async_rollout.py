@@ -431,8 +431,21 @@ class AsyncRollouts:
             return call()
         except Exception as error:
             self._broken = True  # the workers may be inside a broadcast: no goodbye on close
+            self._raise_reported()
             self._check_workers()
             raise RuntimeError("rank 0 lost the connection to the rollout workers in a broadcast") from error
+
+    def _raise_reported(self) -> None:
+        """A worker's own report of why it failed, if one comes within 2 POLL_S: a worker sends it before it
+        exits, which is what broke the broadcast."""
+        deadline = time.monotonic() + 2 * POLL_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                source, (kind, payload) = self._results.get(timeout=left)
+            except queue.Empty:
+                return
+            if kind == "error":
+                raise RuntimeError(f"rollout worker {source} ({self._where(source)}) failed:\n{payload}")
 
 
 def _full(value: torch.Tensor) -> torch.Tensor:
